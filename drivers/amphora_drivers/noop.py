@@ -1,0 +1,296 @@
+"""An in-memory driver that builds nothing, for tests, benchmarks and demos.
+
+It keeps instances in memory (or, for tests that kill the operator, in a JSON file shared
+across processes), records every call, and simulates a compute backend whose behaviour the
+caller decides: how long builds and deletes take, builds that end in ERROR, deletes that fail
+``k`` times, slow API calls, and any failure an ``on_call`` hook raises (like httpx's
+MockTransport takes a handler).
+
+Behaviour can also be chosen per instance through tags, so one operator can run fast, slow
+and failing amphorae side by side::
+
+    noop:build-seconds=5          this build takes 5 s to reach ACTIVE
+    noop:fault=No valid host      this build ends in ERROR with that fault
+    noop:delete-failures=2        the first 2 deletes of this instance raise DeleteFailed
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel
+
+from amphora_drivers.base import AmphoraComputeDriver
+from amphora_drivers.exceptions import (
+    AmphoraBuildError,
+    DeleteFailed,
+    InstanceNotFoundError,
+    NotSuspendedError,
+    Reason,
+)
+from amphora_drivers.types import AmphoraInstance, AmphoraState, AmphoraType, BuildRequest
+
+__all__ = ["NoopCall", "NoopDriver"]
+
+TAG_PREFIX = "noop:"
+
+
+@dataclass(frozen=True)
+class NoopCall:
+    """One recorded driver call; arguments are kept without file contents or user data."""
+
+    method: str
+    arguments: Mapping[str, Any]
+
+
+class _Record(BaseModel):
+    """The stored state of one simulated instance (wall-clock times, so files survive)."""
+
+    id: str
+    name: str
+    amphora_type: AmphoraType
+    owner: str | None
+    tags: tuple[str, ...]
+    created_at: float
+    build_seconds: float
+    fault: str | None
+    suspended: bool = False
+    delete_failures_left: int = 0
+    deleted_at: float | None = None
+    delete_seconds: float = 0.0
+
+
+@dataclass
+class _Store:
+    """Instances by id, in memory or mirrored to a JSON file under an exclusive lock."""
+
+    path: Path | None
+    records: dict[str, _Record] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[dict[str, _Record]]:
+        with self.lock:
+            if self.path is None:
+                yield self.records
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path.with_suffix(".lock"), "a+") as lock_file:
+                fcntl.flock(lock_file, fcntl.LOCK_EX)
+                records = self._load()
+                yield records
+                tmp = self.path.with_suffix(".tmp")
+                tmp.write_text(
+                    json.dumps({k: r.model_dump(mode="json") for k, r in records.items()})
+                )
+                os.replace(tmp, self.path)
+
+    def _load(self) -> dict[str, _Record]:
+        if self.path is None or not self.path.exists():
+            return {}
+        raw = json.loads(self.path.read_text() or "{}")
+        return {k: _Record.model_validate(v) for k, v in raw.items()}
+
+
+class NoopDriver(AmphoraComputeDriver):
+    """Simulated compute: every operation succeeds unless the configured behaviour says not."""
+
+    name: ClassVar[str] = "noop"
+    supported_types: ClassVar[frozenset[AmphoraType]] = frozenset(
+        {AmphoraType.VM, AmphoraType.CONTAINER, AmphoraType.BARE_METAL}
+    )
+
+    def __init__(
+        self,
+        *,
+        build_seconds: float = 0.0,
+        build_fault: str | None = None,
+        delete_failures: int = 0,
+        delete_seconds: float = 0.0,
+        call_latency: float = 0.0,
+        state_file: str | os.PathLike[str] | None = None,
+        on_call: Callable[[str, Mapping[str, Any]], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """Configure the simulation.
+
+        :param build_seconds: seconds from build() until status() reports ACTIVE.
+        :param build_fault: when set, every build ends in ERROR with this fault message.
+        :param delete_failures: the first ``k`` delete() calls of each instance raise DeleteFailed.
+        :param delete_seconds: seconds an instance stays DELETING before it is gone.
+        :param call_latency: seconds every call sleeps, to simulate a slow API.
+        :param state_file: keep instances in this JSON file so they outlive the process.
+        :param on_call: called with (method, arguments) before each call; may raise any
+            driver exception to inject a fault.
+        :param clock: wall-clock source in seconds (injectable for tests).
+        """
+        self.build_seconds = float(build_seconds)
+        self.build_fault = build_fault or None
+        self.delete_failures = int(delete_failures)
+        self.delete_seconds = float(delete_seconds)
+        self.call_latency = float(call_latency)
+        self.on_call = on_call
+        self.clock = clock
+        self._store = _Store(Path(state_file) if state_file else None)
+        self._calls: list[NoopCall] = []
+        self._calls_lock = threading.Lock()
+
+    @property
+    def calls(self) -> list[NoopCall]:
+        """Every call made to this driver object, in order (a copy)."""
+        with self._calls_lock:
+            return list(self._calls)
+
+    def _enter(self, method: str, **arguments: Any) -> None:
+        with self._calls_lock:
+            self._calls.append(NoopCall(method, arguments))
+        if self.call_latency:
+            time.sleep(self.call_latency)
+        if self.on_call is not None:
+            self.on_call(method, arguments)
+
+    # -- interface ------------------------------------------------------------------------
+
+    def create(self, request: BuildRequest) -> str:
+        self._enter("create", name=request.name, owner=request.owner, type=request.amphora_type)
+        hints = _tag_hints(request.tags)
+        try:
+            build_seconds = float(hints.get("build-seconds", self.build_seconds))
+            delete_failures = int(hints.get("delete-failures", self.delete_failures))
+        except ValueError as e:
+            raise AmphoraBuildError(
+                f"tags: bad noop hint ({e})",
+                reason=Reason.INVALID_INPUT,
+                retryable=False,
+                field="tags",
+            ) from e
+        record = _Record(
+            id=str(uuid.uuid4()),
+            name=request.name,
+            amphora_type=request.amphora_type,
+            owner=request.owner,
+            tags=request.tags,
+            created_at=self.clock(),
+            build_seconds=build_seconds,
+            fault=hints.get("fault", self.build_fault),
+            delete_failures_left=delete_failures,
+            delete_seconds=self.delete_seconds,
+        )
+        with self._store.transaction() as records:
+            records[record.id] = record
+        return record.id
+
+    def find(
+        self,
+        *,
+        amphora_id: str | None = None,
+        name: str | None = None,
+        owner: str | None = None,
+    ) -> list[AmphoraInstance]:
+        self._enter("find", amphora_id=amphora_id, name=name, owner=owner)
+        now = self.clock()
+        with self._store.transaction() as records:
+            self._forget_deleted(records, now)
+            candidates = list(records.values())
+        return [
+            self._instance(r, now)
+            for r in candidates
+            if (amphora_id is None or r.id == amphora_id)
+            and (name is None or r.name == name)
+            and (owner is None or r.owner == owner)
+        ]
+
+    def delete(self, amphora_id: str) -> None:
+        self._enter("delete", amphora_id=amphora_id)
+        now = self.clock()
+        with self._store.transaction() as records:
+            self._forget_deleted(records, now)
+            record = records.get(amphora_id)
+            if record is None or record.deleted_at is not None:
+                return
+            if record.delete_failures_left > 0:
+                record.delete_failures_left -= 1
+                raise DeleteFailed(
+                    f"simulated delete failure ({record.delete_failures_left} left)",
+                    retryable=True,
+                )
+            record.deleted_at = now
+            self._forget_deleted(records, now)
+
+    def suspend(self, amphora_id: str) -> None:
+        self._enter("suspend", amphora_id=amphora_id)
+        with self._store.transaction() as records:
+            self._live(records, amphora_id).suspended = True
+
+    def resume(self, amphora_id: str) -> None:
+        self._enter("resume", amphora_id=amphora_id)
+        with self._store.transaction() as records:
+            record = self._live(records, amphora_id)
+            if not record.suspended:
+                raise NotSuspendedError(f"amphora {amphora_id} is not suspended")
+            record.suspended = False
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _live(self, records: dict[str, _Record], amphora_id: str) -> _Record:
+        self._forget_deleted(records, self.clock())
+        record = records.get(amphora_id)
+        if record is None or record.deleted_at is not None:
+            raise InstanceNotFoundError(f"no amphora with id {amphora_id}")
+        return record
+
+    @staticmethod
+    def _forget_deleted(records: dict[str, _Record], now: float) -> None:
+        gone = [
+            k
+            for k, r in records.items()
+            if r.deleted_at is not None and now >= r.deleted_at + r.delete_seconds
+        ]
+        for key in gone:
+            del records[key]
+
+    @staticmethod
+    def _instance(record: _Record, now: float) -> AmphoraInstance:
+        if record.deleted_at is not None:
+            state, raw = AmphoraState.DELETING, "deleting"
+        elif now < record.created_at + record.build_seconds:
+            state, raw = AmphoraState.BUILDING, "building"
+        elif record.fault:
+            state, raw = AmphoraState.ERROR, "error"
+        elif record.suspended:
+            state, raw = AmphoraState.SUSPENDED, "suspended"
+        else:
+            state, raw = AmphoraState.ACTIVE, "active"
+        digest = hashlib.sha256(record.id.encode()).digest()
+        return AmphoraInstance(
+            id=record.id,
+            name=record.name,
+            amphora_type=record.amphora_type,
+            state=state,
+            raw_state=raw,
+            # TEST-NET-1 documentation range: clearly fake, never routed.
+            addresses=(f"192.0.2.{1 + digest[0] % 254}",) if state is AmphoraState.ACTIVE else (),
+            fault=record.fault if state is AmphoraState.ERROR else None,
+            owner=record.owner,
+            tags=record.tags,
+        )
+
+
+def _tag_hints(tags: tuple[str, ...]) -> dict[str, str]:
+    hints = {}
+    for tag in tags:
+        if tag.startswith(TAG_PREFIX) and "=" in tag:
+            key, _, value = tag[len(TAG_PREFIX) :].partition("=")
+            hints[key] = value
+    return hints
