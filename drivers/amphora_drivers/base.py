@@ -8,9 +8,9 @@ Contract for every driver (proven by :mod:`amphora_drivers.testing.conformance`)
 - :meth:`create` MUST store ``request.owner`` and ``request.name`` on the instance so that
   :meth:`find` can match on them, and SHOULD NOT do anything that can fail after the instance
   exists (record first, decorate never).
-- :meth:`build` MUST be idempotent on ``owner``: when an instance with that owner exists, its id
-  is returned and nothing new is built. A crash between "create" and "record the id" therefore
-  never yields two instances.
+- :meth:`build` MUST be idempotent on ``owner``: when a live (not DELETING/DELETED) instance with
+  that owner exists, its id is returned and nothing new is built. A crash between "create" and
+  "record the id" therefore never yields two instances.
 - :meth:`delete` MUST NOT fail when the instance is already gone, and MUST raise
   :class:`DeleteFailed` when the backend refuses. It returns once deletion is accepted; the
   instance may be visible as DELETING until :meth:`get_amphora` raises InstanceNotFoundError.
@@ -123,7 +123,8 @@ class AmphoraComputeDriver(abc.ABC):
         self.validate(request)
         if request.owner is not None:
             existing = self.find(owner=request.owner)
-            live = [i for i in existing if i.state is not AmphoraState.DELETED]
+            gone = (AmphoraState.DELETED, AmphoraState.DELETING)
+            live = [i for i in existing if i.state not in gone]
             if len(live) > 1:
                 raise AmphoraBuildError(
                     f"{len(live)} instances carry owner {request.owner}; refusing to guess",

@@ -36,8 +36,8 @@ def driver_class(name: str) -> type[AmphoraComputeDriver]:
     eps = _entry_points()
     if name not in eps:
         raise UnknownDriverError(
-            f"unknown compute driver {name!r}; installed drivers: {', '.join(sorted(eps)) or 'none'}"
-            f" (entry point group {ENTRY_POINT_GROUP!r})"
+            f"unknown compute driver {name!r}; installed drivers: "
+            f"{', '.join(sorted(eps)) or 'none'} (entry point group {ENTRY_POINT_GROUP!r})"
         )
     cls = eps[name].load()
     if not (isinstance(cls, type) and issubclass(cls, AmphoraComputeDriver)):
