@@ -84,7 +84,7 @@ class CircuitBreaker:
             result = fn(*args, **kwargs)
         except AmphoraComputeError as e:
             if e.retryable:
-                self._record_failure(e.reason)
+                self.record_failure(e.reason)
             else:
                 self._record_success()
             raise
@@ -92,7 +92,7 @@ class CircuitBreaker:
             self._record_success()
             raise
         except BaseException as e:
-            self._record_failure(type(e).__name__)
+            self.record_failure(type(e).__name__)
             raise
         self._record_success()
         return result
@@ -122,7 +122,8 @@ class CircuitBreaker:
             self._set(BreakerState.HALF_OPEN)
             self._trials = 0
 
-    def _record_failure(self, reason: str) -> None:
+    def record_failure(self, reason: str) -> None:
+        """Count a backend failure seen outside :meth:`call` (e.g. a caller's timeout)."""
         with self._lock:
             self.last_failure = reason
             self._failures += 1

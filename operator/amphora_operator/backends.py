@@ -1,0 +1,144 @@
+"""Compute profiles: a driver from the entry-point registry, behind a breaker and a timeout.
+
+This is the only place the operator touches drivers: every call runs in a worker thread,
+through the profile's circuit breaker, bounded by ``driver_call_timeout``, and is measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from amphora_drivers import (
+    AmphoraComputeDriver,
+    AmphoraComputeError,
+    BreakerSettings,
+    BreakerState,
+    CircuitBreaker,
+    Reason,
+    driver_class,
+)
+from amphora_operator.config import OperatorConfig, ProfileConfig
+from amphora_operator.metrics import Metrics
+
+__all__ = ["Backend", "BackendPool", "UnknownProfileError"]
+
+T = TypeVar("T")
+
+
+class UnknownProfileError(LookupError):
+    """spec.driver names no configured profile."""
+
+
+class Backend:
+    """One driver instance of one profile (per namespace for namespaced drivers)."""
+
+    def __init__(
+        self,
+        *,
+        profile: str,
+        driver: AmphoraComputeDriver,
+        breaker: CircuitBreaker,
+        executor: ThreadPoolExecutor,
+        timeout: float,
+        metrics: Metrics,
+    ) -> None:
+        self.profile = profile
+        self.driver = driver
+        self.breaker = breaker
+        self.executor = executor
+        self.timeout = timeout
+        self.metrics = metrics
+
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call ``driver.<method>`` off the event loop, through the breaker, with a timeout."""
+        fn: Callable[..., Any] = getattr(self.driver, method)
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            future = loop.run_in_executor(
+                self.executor, lambda: self.breaker.call(fn, *args, **kwargs)
+            )
+            return await asyncio.wait_for(future, self.timeout)
+        except TimeoutError as e:
+            self.breaker.record_failure(Reason.TIMEOUT)
+            self.metrics.driver_errors.labels(self.profile, method, Reason.TIMEOUT).inc()
+            raise AmphoraComputeError(
+                f"{self.profile}.{method} did not answer within {self.timeout:.0f} s",
+                reason=Reason.TIMEOUT,
+                retryable=True,
+            ) from e
+        except AmphoraComputeError as e:
+            self.metrics.driver_errors.labels(self.profile, method, e.reason).inc()
+            raise
+        finally:
+            self.metrics.driver_call_seconds.labels(self.profile, method).observe(
+                time.perf_counter() - started
+            )
+            self.metrics.breaker_open.labels(self.profile).set(
+                0 if self.breaker.state is BreakerState.CLOSED else 1
+            )
+
+
+class BackendPool:
+    """Creates backends lazily, so a profile that is never used never needs credentials."""
+
+    def __init__(self, config: OperatorConfig, metrics: Metrics) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.executor = ThreadPoolExecutor(
+            max_workers=config.reconcile.concurrency, thread_name_prefix="driver"
+        )
+        self._backends: dict[tuple[str, str | None], Backend] = {}
+
+    def profile_for(self, spec_type: str, explicit: str | None) -> str:
+        name = explicit or self.config.defaults.get(spec_type)  # type: ignore[call-overload]
+        if name is None or name not in self.config.profiles:
+            known = ", ".join(sorted(self.config.profiles))
+            raise UnknownProfileError(
+                f"spec.driver: no compute profile {name!r} is configured (profiles: {known})"
+            )
+        return name
+
+    def get(self, profile: str, namespace: str) -> Backend:
+        """The backend for ``profile``; namespaced drivers get one per Amphora namespace."""
+        config = self.config.profiles[profile]
+        cls = driver_class(config.driver)
+        scope = namespace if _is_namespaced(cls, config) else None
+        key = (profile, scope)
+        if key not in self._backends:
+            options = dict(config.options)
+            if scope is not None:
+                options["namespace"] = scope
+            self._backends[key] = Backend(
+                profile=profile,
+                driver=cls(**options),
+                breaker=CircuitBreaker(
+                    BreakerSettings(
+                        failure_threshold=config.breaker.failure_threshold,
+                        reset_timeout=config.breaker.reset_timeout,
+                    ),
+                    name=profile,
+                ),
+                executor=self.executor,
+                timeout=self.config.reconcile.driver_call_timeout,
+                metrics=self.metrics,
+            )
+        return self._backends[key]
+
+    def backends(self) -> list[Backend]:
+        return list(self._backends.values())
+
+    def close(self) -> None:
+        for backend in self._backends.values():
+            backend.driver.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _is_namespaced(cls: type[AmphoraComputeDriver], config: ProfileConfig) -> bool:
+    """Drivers taking a ``namespace`` argument that the profile leaves open follow the Amphora."""
+    return "namespace" in inspect.signature(cls).parameters and "namespace" not in config.options

@@ -1,0 +1,163 @@
+"""kopf handlers: thin translations of watch events into Controller calls.
+
+Everything that decides lives in :mod:`.controller` and :mod:`.planner`; these functions only
+wire kopf's lifecycle (start-up, finalizer, create/update/resume, delete, probes) to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+from kubernetes import client
+from kubernetes import config as kube_config
+
+from amphora_operator.backends import BackendPool
+from amphora_operator.config import OperatorConfig
+from amphora_operator.controller import Controller
+from amphora_operator.kube import KubeGateway
+from amphora_operator.leader import LeaseElector
+from amphora_operator.metrics import Metrics
+from amphora_operator.model import GROUP, PLURAL, VERSION
+
+__all__ = ["RunOptions", "make_registry"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunOptions:
+    """What ``amphora-operator run`` was asked to do."""
+
+    config: OperatorConfig
+    kubeconfig: str | None = None
+    #: Port of the Prometheus /metrics endpoint; 0 disables it.
+    metrics_port: int = 0
+    leader_election: bool = False
+    lease_namespace: str = "default"
+    identity: str = "amphora-operator"
+
+
+@dataclass
+class _Runtime:
+    controller: Controller | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    metrics_server: Any = None
+
+
+def api_client_for(kubeconfig: str | None, pool_size: int) -> client.ApiClient:
+    """A Kubernetes client from ``kubeconfig``, else in-cluster, else the default kubeconfig."""
+    configuration = client.Configuration()
+    if kubeconfig:
+        kube_config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig, client_configuration=configuration
+        )
+    else:
+        try:
+            kube_config.load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration
+            )
+        except kube_config.ConfigException:
+            kube_config.load_kube_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration
+            )
+    configuration.connection_pool_maxsize = pool_size
+    return client.ApiClient(configuration)
+
+
+def make_registry(options: RunOptions) -> kopf.OperatorRegistry:
+    """Register the operator's handlers in a fresh registry (one per operator instance)."""
+    registry = kopf.OperatorRegistry()
+    runtime = _Runtime()
+    metrics = Metrics()
+    settings_config = options.config.reconcile
+
+    def controller() -> Controller:
+        assert runtime.controller is not None, "start-up has not run"
+        return runtime.controller
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.persistence.finalizer = f"{GROUP}/finalizer"
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix=GROUP, key="last-handled-configuration"
+        )
+        settings.execution.max_workers = settings_config.concurrency
+        settings.watching.connect_timeout = 10
+        settings.watching.server_timeout = 300
+        settings.watching.client_timeout = 330
+        settings.watching.reconnect_backoff = 1.0
+        settings.networking.request_timeout = 30
+        settings.posting.level = logging.WARNING
+        api = api_client_for(options.kubeconfig, settings_config.concurrency + 4)
+        if options.leader_election:
+            elector = LeaseElector(
+                api, namespace=options.lease_namespace, identity=options.identity
+            )
+            await elector.acquire()
+            runtime.tasks.append(asyncio.create_task(elector.keep()))
+        if options.metrics_port:
+            from prometheus_client import start_http_server
+
+            runtime.metrics_server = start_http_server(
+                options.metrics_port, registry=metrics.registry
+            )
+        runtime.controller = Controller(
+            config=options.config,
+            backends=BackendPool(options.config, metrics),
+            kube=KubeGateway(api),
+            metrics=metrics,
+        )
+        runtime.tasks.append(asyncio.create_task(runtime.controller.run_poller()))
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        for task in runtime.tasks:
+            task.cancel()
+        for task in runtime.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if runtime.controller is not None:
+            runtime.controller.backends.close()
+            runtime.controller.close()
+        if runtime.metrics_server is not None:
+            runtime.metrics_server[0].shutdown()
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    def track(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        if event.get("type") == "DELETED":
+            controller().forget(body["metadata"]["uid"])
+        else:
+            controller().track(dict(body))
+
+    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
+    async def reconcile(body: kopf.Body, reason: str, **_: Any) -> None:
+        started = time.perf_counter()
+        await controller().reconcile(dict(body), trigger=str(reason))
+        metrics.handler_seconds.labels(str(reason)).observe(time.perf_counter() - started)
+
+    @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)
+    async def delete(body: kopf.Body, **_: Any) -> None:
+        started = time.perf_counter()
+        waiting = await controller().finalize(dict(body))
+        metrics.handler_seconds.labels("delete").observe(time.perf_counter() - started)
+        if waiting is not None:
+            raise kopf.TemporaryError(waiting, delay=settings_config.delete_retry)
+
+    @kopf.on.probe(id="amphorae", registry=registry)
+    def tracked(**_: Any) -> int:
+        return controller().tracked_count() if runtime.controller is not None else 0
+
+    return registry

@@ -1,0 +1,82 @@
+"""The operator's own Kubernetes calls: status writes, Secret reads and Events.
+
+kopf owns watching, finalizers and handler progress; these calls run in worker threads
+through the official client. Secret values are returned to the caller and never logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from kubernetes import client
+
+from amphora_operator.model import GROUP, PLURAL, VERSION
+
+__all__ = ["KubeGateway", "SecretNotFound"]
+
+log = logging.getLogger(__name__)
+
+
+class SecretNotFound(LookupError):
+    """A referenced Secret or key is missing; the message names the spec field."""
+
+
+class KubeGateway:
+    """Synchronous Kubernetes calls (run them in a thread)."""
+
+    def __init__(self, api_client: client.ApiClient, *, component: str = "amphora-operator"):
+        self.api_client = api_client
+        self.custom = client.CustomObjectsApi(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.component = component
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        """Merge-patch ``status`` (None values remove fields); return the updated object."""
+        result = self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, name, {"status": status}
+        )
+        return cast(dict[str, Any], result)
+
+    def read_secret_key(self, namespace: str, ref_name: str, key: str, field: str) -> bytes:
+        """Return the decoded value of one Secret key; SecretNotFound names ``field``."""
+        try:
+            secret = self.core.read_namespaced_secret(ref_name, namespace)
+        except client.ApiException as e:
+            if e.status == 404:
+                raise SecretNotFound(f"{field}: Secret {ref_name!r} not found") from e
+            raise
+        data = secret.data or {}
+        if key not in data:
+            raise SecretNotFound(f"{field}: Secret {ref_name!r} has no key {key!r}")
+        return base64.b64decode(data[key])
+
+    def post_event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """Record a core/v1 Event on the Amphora (best effort: failures are logged only)."""
+        meta = body.get("metadata", {})
+        now = datetime.now(UTC)
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{meta.get('name', 'amphora')}."),
+            involved_object=client.V1ObjectReference(
+                api_version=f"{GROUP}/{VERSION}",
+                kind="Amphora",
+                name=meta.get("name"),
+                namespace=meta.get("namespace"),
+                uid=meta.get("uid"),
+                resource_version=meta.get("resourceVersion"),
+            ),
+            type=type_,
+            reason=reason,
+            message=message[:1024],
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+            source=client.V1EventSource(component=self.component),
+            reporting_component=self.component,
+        )
+        try:
+            self.core.create_namespaced_event(meta.get("namespace"), event)
+        except client.ApiException as e:
+            log.warning("event not recorded", extra={"reason": reason, "status": e.status})
