@@ -26,6 +26,7 @@ Contract for every driver (proven by :mod:`amphora_drivers.testing.conformance`)
 from __future__ import annotations
 
 import abc
+import threading
 from collections.abc import Mapping, Sequence
 from typing import IO, ClassVar
 
@@ -46,6 +47,8 @@ from amphora_drivers.types import (
 )
 
 __all__ = ["AmphoraComputeDriver", "FileContent", "UserData", "describe_validation_error"]
+
+_LOCKS_GUARD = threading.Lock()
 
 FileContent = str | bytes | IO[str] | IO[bytes]
 UserData = str | bytes | IO[str] | IO[bytes]
@@ -118,10 +121,24 @@ class AmphoraComputeDriver(abc.ABC):
         return self.build_from(request)
 
     def build_from(self, request: BuildRequest) -> str:
-        """Build from an already validated request; idempotent on ``request.owner``."""
+        """Build from an already validated request; idempotent on ``request.owner``.
+
+        Builds for one owner are serialised within this driver object, so concurrent callers
+        in one process get one instance; across processes, callers must not build the same
+        owner at once (the operator's leader election guarantees it).
+        """
+        if request.amphora_type is AmphoraType.CONTAINER and not request.image_id:
+            raise AmphoraBuildError(
+                "image_id: required for a Container amphora",
+                reason=Reason.INVALID_INPUT,
+                retryable=False,
+                field="image_id",
+            )
         self.check_supported(request.amphora_type)
         self.validate(request)
-        if request.owner is not None:
+        if request.owner is None:
+            return self.create(request)
+        with self._owner_lock(request.owner):
             existing = self.find(owner=request.owner)
             gone = (AmphoraState.DELETED, AmphoraState.DELETING)
             live = [i for i in existing if i.state not in gone]
@@ -133,7 +150,13 @@ class AmphoraComputeDriver(abc.ABC):
                 )
             if live:
                 return live[0].id
-        return self.create(request)
+            return self.create(request)
+
+    def _owner_lock(self, owner: str) -> threading.Lock:
+        # Drivers do not call super().__init__(), so the lock table is created on first use.
+        with _LOCKS_GUARD:
+            locks: dict[str, threading.Lock] = self.__dict__.setdefault("_owner_locks", {})
+            return locks.setdefault(owner, threading.Lock())
 
     def status(self, amphora_id: str) -> AmphoraState:
         """Return the normalised state of the instance (raises InstanceNotFoundError)."""

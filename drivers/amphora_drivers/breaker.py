@@ -10,9 +10,10 @@ exceptions. A bad image or a missing instance is the caller's problem, not the b
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import ParamSpec, TypeVar
@@ -62,17 +63,18 @@ class CircuitBreaker:
         self._opened_at = 0.0
         self._trials = 0
         self.last_failure: str | None = None
+        self._pending: list[BreakerState] = []
 
     @property
     def state(self) -> BreakerState:
-        with self._lock:
+        with self._locked():
             self._advance()
             return self._state
 
     @property
     def retry_after(self) -> float:
         """Seconds until an open circuit lets a trial call through (0 when not open)."""
-        with self._lock:
+        with self._locked():
             self._advance()
             if self._state is not BreakerState.OPEN:
                 return 0.0
@@ -98,7 +100,7 @@ class CircuitBreaker:
         return result
 
     def _admit(self) -> None:
-        with self._lock:
+        with self._locked():
             self._advance()
             if self._state is BreakerState.OPEN or (
                 self._state is BreakerState.HALF_OPEN
@@ -124,7 +126,7 @@ class CircuitBreaker:
 
     def record_failure(self, reason: str) -> None:
         """Count a backend failure seen outside :meth:`call` (e.g. a caller's timeout)."""
-        with self._lock:
+        with self._locked():
             self.last_failure = reason
             self._failures += 1
             if self._state is BreakerState.HALF_OPEN or (
@@ -134,13 +136,29 @@ class CircuitBreaker:
                 self._set(BreakerState.OPEN)
 
     def _record_success(self) -> None:
-        with self._lock:
+        with self._locked():
             self._failures = 0
             if self._state is not BreakerState.CLOSED:
                 self._set(BreakerState.CLOSED)
 
     def _set(self, state: BreakerState) -> None:
+        """Change state (lock held); the callback runs once the lock is released."""
         if state is not self._state:
             self._state = state
-            if self._on_state_change is not None:
+            self._pending.append(state)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the lock; afterwards, tell the callback about state changes made meanwhile."""
+        try:
+            with self._lock:
+                yield
+        finally:
+            self._notify()
+
+    def _notify(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        if self._on_state_change is not None:
+            for state in pending:
                 self._on_state_change(state)

@@ -209,6 +209,7 @@ class NoopDriver(AmphoraComputeDriver):
             if (amphora_id is None or r.id == amphora_id)
             and (name is None or r.name == name)
             and (owner is None or r.owner == owner)
+            and (amphora_id is not None or name is not None or r.owner is not None)
         ]
 
     def delete(self, amphora_id: str) -> None:
@@ -219,14 +220,16 @@ class NoopDriver(AmphoraComputeDriver):
             record = records.get(amphora_id)
             if record is None or record.deleted_at is not None:
                 return
-            if record.delete_failures_left > 0:
-                record.delete_failures_left -= 1
-                raise DeleteFailed(
-                    f"simulated delete failure ({record.delete_failures_left} left)",
-                    retryable=True,
-                )
-            record.deleted_at = now
-            self._forget_deleted(records, now)
+            failures_left = record.delete_failures_left
+            if failures_left > 0:
+                record.delete_failures_left -= 1  # stored when the transaction ends
+            else:
+                record.deleted_at = now
+                self._forget_deleted(records, now)
+        if failures_left > 0:
+            raise DeleteFailed(
+                f"simulated delete failure ({failures_left - 1} left)", retryable=True
+            )
 
     def suspend(self, amphora_id: str) -> None:
         self._enter("suspend", amphora_id=amphora_id)

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
     "MAX_CONFIG_DRIVE_FILES",
@@ -38,6 +38,7 @@ MAX_USER_DATA_BYTES = 64 * 1024
 MAX_TAGS = 50
 MAX_TAG_LENGTH = 60
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+_FILE_PATH = re.compile(r"(/[^/\x00]+)+")
 
 _SSH_KEY_TYPES = frozenset(
     {
@@ -189,10 +190,14 @@ class BuildRequest(BaseModel):
         for path, content in value.items():
             if not isinstance(path, str) or not path.startswith("/"):
                 raise ValueError(f"path {path!r} must be absolute (start with '/')")
-            if "\x00" in path or posixpath.normpath(path) != path or len(path) > 255:
+            if (
+                not _FILE_PATH.fullmatch(path)
+                or posixpath.normpath(path) != path
+                or len(path) > 255
+            ):
                 raise ValueError(
-                    f"path {path!r} must be normalised (no '..', '//' or trailing '/'), "
-                    "without NUL, at most 255 characters"
+                    f"path {path!r} must name a file: normalised (no '.', '..', '//' or "
+                    "trailing '/'), without NUL, at most 255 characters"
                 )
             data = _to_bytes(content, f"contents of {path}")
             if len(data) > MAX_CONFIG_DRIVE_FILE_BYTES:
@@ -227,12 +232,6 @@ class BuildRequest(BaseModel):
                     "or control characters"
                 )
         return value
-
-    @model_validator(mode="after")
-    def _type_needs_image(self) -> BuildRequest:
-        if self.amphora_type in (AmphoraType.CONTAINER,) and not self.image_id:
-            raise ValueError("image_id is required for a Container amphora")
-        return self
 
 
 class AmphoraInstance(BaseModel):
