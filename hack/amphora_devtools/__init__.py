@@ -1,0 +1,1 @@
+"""Developer and test tools: a local Kubernetes control plane and Nova box launchers."""

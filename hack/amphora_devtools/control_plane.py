@@ -1,0 +1,732 @@
+"""A real Kubernetes control plane on 127.0.0.1, built from Go modules, for tests and the demo.
+
+These machines have no Docker, so kind cannot run; the operator's tests still need a real
+kube-apiserver (structural schemas, CEL rules, RBAC, garbage collection, watches). This module runs
+etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok (fake Nodes whose Pods
+"run") as plain processes, owns them by pid, and keeps keys, tokens, data, logs and the admin
+kubeconfig in one state directory the user can inspect.
+
+CLI: ``python -m amphora_devtools.control_plane up|down|status [--state-dir DIR]``
+(also ``amphora-dev cluster ...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import csv
+import json
+import os
+import secrets
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+BUILD_SCRIPT = Path(__file__).resolve().parent.parent / "control-plane" / "build.sh"
+COMPONENTS: tuple[str, ...] = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kwok",
+)
+# Service and Pod ranges must not overlap; neither is routed, kwok only hands out Pod IPs.
+SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
+POD_CIDR = "10.244.0.0/16"
+SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+ZONE_LABEL = "topology.kubernetes.io/zone"
+ZONES: tuple[str, ...] = ("zone-a", "zone-b")
+KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+NODE_ALLOCATABLE: dict[str, str] = {"cpu": "32", "memory": "256Gi", "pods": "110"}
+# Identities in the static token file. Controller-manager and scheduler use the usernames that
+# the bootstrap RBAC policy grants their roles to; kwok plays many kubelets, so it is an admin.
+_USERS: dict[str, tuple[str, str]] = {
+    "admin": ("amphora-admin", "system:masters"),
+    "kube-controller-manager": ("system:kube-controller-manager", ""),
+    "kube-scheduler": ("system:kube-scheduler", ""),
+    "kwok": ("kwok", "system:masters"),
+}
+_LOG_TAIL_LINES = 40
+_POLL_SECONDS = 0.2
+_STOP_GRACE_SECONDS = 15.0
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    """Library default: report nothing; the CLI passes ``print``."""
+
+
+class ControlPlaneError(RuntimeError):
+    """A component failed to build, start or become ready; the message carries its log tail."""
+
+
+@dataclass(frozen=True)
+class ComponentStatus:
+    """What ``status()`` knows about one process."""
+
+    name: str
+    pid: int | None
+    port: int | None
+    running: bool
+    rss_bytes: int
+
+
+def build_binaries(progress: Progress = _quiet, script: Path = BUILD_SCRIPT) -> Path:
+    """Run ``build.sh`` (idempotent; seconds when cached) and return the bin dir it prints last.
+
+    The script's stderr is streamed to ``progress`` line by line because a cold build takes
+    minutes; its last lines go into the error if it fails.
+    """
+    lines: deque[str] = deque(maxlen=_LOG_TAIL_LINES)
+    with subprocess.Popen(
+        ["bash", str(script)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            progress(lines[-1])
+    if proc.returncode != 0 or not lines:
+        tail = "\n".join(lines)
+        raise ControlPlaneError(f"{script} exited with {proc.returncode}:\n{tail}")
+    return Path(lines[-1])
+
+
+def free_port() -> int:
+    """Ask the kernel for a free TCP port on 127.0.0.1 (a tiny race, fine for local runs)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _insecure_context() -> ssl.SSLContext:
+    """For health probes of the controller-manager/scheduler, whose serving certs are ad hoc."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _http_ok(url: str, context: ssl.SSLContext | None = None, token: str | None = None) -> bool:
+    """True when ``url`` answers 200; connection errors just mean "not yet"."""
+    request = urllib.request.Request(url)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=5) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _proc_stat(pid: int) -> str | None:
+    """The ``/proc/<pid>/stat`` line, or None when there is no such process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class LocalControlPlane:
+    """etcd + kube-apiserver + controller-manager + scheduler + kwok, owned by pid.
+
+    Everything lives in ``state_dir``: ``state.json`` (pids, ports, bin dir), ``logs/<name>.log``,
+    ``pki/`` (service-account keys, static tokens, the apiserver's self-signed CA), ``etcd/`` and
+    the admin ``kubeconfig``. A second instance on the same directory (e.g. the CLI's ``down``)
+    reads ``state.json`` and can stop what the first one started.
+    """
+
+    def __init__(
+        self, state_dir: Path | str, bin_dir: Path | str | None = None, nodes: int = 2
+    ) -> None:
+        self.state_dir = Path(state_dir).resolve()
+        self.nodes = nodes
+        self._bin_dir = Path(bin_dir) if bin_dir is not None else None
+        self._ports: dict[str, int] = {}
+        self._pids: dict[str, int] = {}
+        self._load_state()
+
+    # -- paths and credentials -------------------------------------------------------------
+
+    @property
+    def bin_dir(self) -> Path:
+        """The Go-built binaries; resolved through ``build.sh`` on first ``up()``."""
+        if self._bin_dir is None:
+            raise ControlPlaneError("bin dir unknown: call up() or pass bin_dir")
+        return self._bin_dir
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state_dir / "kubeconfig"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA that signed the apiserver's serving certificate (written during ``up()``)."""
+        return self._pki / "ca.crt"
+
+    @property
+    def server(self) -> str:
+        if "kube-apiserver" not in self._ports:
+            raise ControlPlaneError(f"no apiserver port recorded in {self._state_file}")
+        return f"https://127.0.0.1:{self._ports['kube-apiserver']}"
+
+    @property
+    def admin_token(self) -> str:
+        return self._tokens()["admin"]
+
+    def log_path(self, name: str) -> Path:
+        return self.logs_dir / f"{name}.log"
+
+    def log_tail(self, name: str, lines: int = _LOG_TAIL_LINES) -> str:
+        """The last ``lines`` lines of a component's log ("" if it never ran)."""
+        try:
+            with self.log_path(name).open("rb") as log:
+                log.seek(0, os.SEEK_END)
+                log.seek(max(0, log.tell() - 1024 * lines))
+                text = log.read().decode(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    @property
+    def _pki(self) -> Path:
+        return self.state_dir / "pki"
+
+    @property
+    def _state_file(self) -> Path:
+        return self.state_dir / "state.json"
+
+    def _tokens(self) -> dict[str, str]:
+        """Component name -> bearer token, read back from the static token file."""
+        by_user = {user: component for component, (user, _) in _USERS.items()}
+        with (self._pki / "tokens.csv").open(newline="") as tokens:
+            return {by_user[row[1]]: row[0] for row in csv.reader(tokens) if row[1] in by_user}
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def up(self, progress: Progress = _quiet, timeout: float = 120.0) -> None:
+        """Start every component and wait until Nodes are Ready and ``default`` SA exists.
+
+        Reuses a healthy running plane in the same state dir. On any failure, stops whatever
+        was started and raises ``ControlPlaneError`` with the failing component's log tail.
+        """
+        if self._pids and all(s.running for s in self.status().values()) and self.is_ready():
+            progress(f"already running: {self.server}")
+            return
+        self.down()
+        try:
+            self._up(progress, timeout)
+        except BaseException:
+            self.down()
+            raise
+
+    def _up(self, progress: Progress, timeout: float) -> None:
+        if self._bin_dir is None:
+            progress("resolving binaries with hack/control-plane/build.sh")
+            self._bin_dir = build_binaries(progress)
+        missing = [c for c in COMPONENTS if not (self.bin_dir / c).is_file()]
+        if missing:
+            raise ControlPlaneError(f"missing binaries in {self.bin_dir}: {', '.join(missing)}")
+        for directory in (self.logs_dir, self._pki, self.state_dir / "etcd"):
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._ensure_credentials()
+        self._ports = {name: free_port() for name in (*COMPONENTS, "etcd-peer")}
+        self._save_state()
+
+        progress(f"starting etcd on 127.0.0.1:{self._ports['etcd']}")
+        self._start("etcd", timeout)
+        progress(f"starting kube-apiserver on {self.server}")
+        self._start("kube-apiserver", timeout)
+        self._write_kubeconfigs()
+        for name in ("kube-controller-manager", "kube-scheduler", "kwok"):
+            progress(f"starting {name}")
+            self._start(name, timeout)
+        progress(f"registering {self.nodes} kwok node(s)")
+        self._register_nodes()
+        self._wait("kwok", f"{self.nodes} Ready node(s)", self._nodes_ready, timeout)
+        self._wait(
+            "kube-controller-manager",
+            "ServiceAccount default/default",
+            lambda: (
+                self._api("GET", "/api/v1/namespaces/default/serviceaccounts/default")[0] == 200
+            ),
+            timeout,
+        )
+
+    def down(self) -> None:
+        """Stop every recorded process (reverse start order); data and logs stay on disk."""
+        for name in reversed(COMPONENTS):
+            self._stop(name)
+
+    def status(self) -> dict[str, ComponentStatus]:
+        result = {}
+        for name in COMPONENTS:
+            pid = self._pids.get(name)
+            running = pid is not None and self._alive(name)
+            result[name] = ComponentStatus(
+                name=name,
+                pid=pid,
+                port=self._ports.get(name),
+                running=running,
+                rss_bytes=_rss_bytes(pid) if pid is not None and running else 0,
+            )
+        return result
+
+    def is_ready(self) -> bool:
+        """The apiserver answers ``/readyz`` with 200."""
+        if "kube-apiserver" not in self._ports or not self.ca_file.is_file():
+            return False
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        return _http_ok(f"{self.server}/readyz", context, self.admin_token)
+
+    def stop_apiserver(self) -> None:
+        self._stop("kube-apiserver")
+
+    def start_apiserver(self, timeout: float = 60.0) -> None:
+        """Start kube-apiserver again on its recorded port, with the same certs and tokens."""
+        self._start("kube-apiserver", timeout)
+
+    def restart_apiserver(self, timeout: float = 60.0) -> None:
+        """Stop and start kube-apiserver; clients keep their kubeconfig (same port and CA)."""
+        self.stop_apiserver()
+        self.start_apiserver(timeout)
+
+    def stop_etcd(self) -> None:
+        self._stop("etcd")
+
+    def start_etcd(self, timeout: float = 60.0) -> None:
+        """Start etcd again on its recorded ports and data dir."""
+        self._start("etcd", timeout)
+
+    # -- processes -------------------------------------------------------------------------
+
+    def _start(self, name: str, timeout: float) -> None:
+        """Spawn a component in its own session, record its pid, and wait for its health.
+
+        ``posix_spawn`` rather than ``Popen``: the processes may outlive this Python process
+        (the CLI's ``up``), so there is no Popen object to keep; ``_alive`` reaps our children.
+        """
+        args = [str(self.bin_dir / name), *self._args(name)]
+        log = self.log_path(name)
+        with log.open("ab") as out:
+            out.write(f"\n=== {time.strftime('%F %T')} {' '.join(args)}\n".encode())
+        self._pids[name] = os.posix_spawn(
+            args[0],
+            args,
+            os.environ,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 1, str(log), os.O_WRONLY | os.O_APPEND, 0),
+                (os.POSIX_SPAWN_DUP2, 1, 2),
+            ],
+            setsid=True,
+        )
+        self._save_state()
+        self._wait(name, "health endpoint", lambda: self._healthy(name), timeout)
+
+    def _stop(self, name: str) -> None:
+        """SIGTERM the component's process group, SIGKILL it after a grace period; forget it."""
+        pid = self._pids.get(name)
+        if pid is not None and self._alive(name):
+            self._signal(pid, signal.SIGTERM)
+            deadline = time.monotonic() + _STOP_GRACE_SECONDS
+            while self._alive(name) and time.monotonic() < deadline:
+                time.sleep(_POLL_SECONDS)
+            if self._alive(name):
+                self._signal(pid, signal.SIGKILL)
+                deadline = time.monotonic() + _STOP_GRACE_SECONDS
+                while self._alive(name) and time.monotonic() < deadline:
+                    time.sleep(_POLL_SECONDS)
+            if self._alive(name):
+                raise ControlPlaneError(f"{name} (pid {pid}) survived SIGKILL")
+        if self._pids.pop(name, None) is not None:
+            self._save_state()
+
+    @staticmethod
+    def _signal(pid: int, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, sig)
+            else:
+                os.kill(pid, sig)
+
+    def _alive(self, name: str) -> bool:
+        """Is the recorded pid still this component (not exited, not a zombie, not reused)?"""
+        pid = self._pids.get(name)
+        if pid is None:
+            return False
+        with contextlib.suppress(ChildProcessError):  # raised when it is not our child
+            if os.waitpid(pid, os.WNOHANG) != (0, 0):
+                return False  # our child exited and is now reaped
+        stat = _proc_stat(pid)
+        if stat is None or stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+        try:
+            argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+        except OSError:
+            return False
+        return argv0 == str(self.bin_dir / name)
+
+    def _wait(self, name: str, what: str, check: Callable[[], bool], timeout: float) -> None:
+        """Poll ``check`` until true; fail fast with ``name``'s log tail if it died or timed out."""
+        deadline = time.monotonic() + timeout
+        while not check():
+            if name in self._pids and not self._alive(name):
+                raise ControlPlaneError(
+                    f"{name} exited while waiting for {what}; tail of {self.log_path(name)}:\n"
+                    f"{self.log_tail(name)}"
+                )
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(
+                    f"timed out after {timeout:.0f}s waiting for {what} ({name}); "
+                    f"tail of {self.log_path(name)}:\n{self.log_tail(name)}"
+                )
+            time.sleep(_POLL_SECONDS)
+
+    def _healthy(self, name: str) -> bool:
+        port = self._ports[name]
+        if name == "etcd":
+            return _http_ok(f"http://127.0.0.1:{port}/health")
+        if name == "kube-apiserver":
+            serving_cert = self._pki / "serving" / "apiserver.crt"
+            if not serving_cert.is_file():
+                return False
+            context = ssl.create_default_context(cafile=str(serving_cert))
+            return _http_ok(f"{self.server}/readyz", context, self.admin_token)
+        if name == "kwok":
+            return _http_ok(f"http://127.0.0.1:{port}/healthz")
+        return _http_ok(f"https://127.0.0.1:{port}/healthz", _insecure_context())
+
+    def _args(self, name: str) -> list[str]:
+        """Command-line flags of each component (kept minimal; checked against v1.36 --help)."""
+        ports, pki, configs = self._ports, self._pki, self.state_dir / "kubeconfigs"
+        etcd_url = f"http://127.0.0.1:{ports['etcd']}"
+        peer_url = f"http://127.0.0.1:{ports['etcd-peer']}"
+        if name == "etcd":
+            return [
+                "--name=default",
+                f"--data-dir={self.state_dir / 'etcd'}",
+                f"--listen-client-urls={etcd_url}",
+                f"--advertise-client-urls={etcd_url}",
+                f"--listen-peer-urls={peer_url}",
+                f"--initial-advertise-peer-urls={peer_url}",
+                f"--initial-cluster=default={peer_url}",
+                "--unsafe-no-fsync",
+            ]
+        if name == "kube-apiserver":
+            return [
+                f"--etcd-servers={etcd_url}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={ports['kube-apiserver']}",
+                f"--cert-dir={pki / 'serving'}",
+                f"--token-auth-file={pki / 'tokens.csv'}",
+                "--authorization-mode=Node,RBAC",
+                f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+                f"--service-account-key-file={pki / 'sa.pub'}",
+                f"--service-account-signing-key-file={pki / 'sa.key'}",
+                f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+                # The default reconciler would publish 127.0.0.1 as the `kubernetes` Service
+                # endpoint, which Endpoint validation rejects (loopback) on every resync.
+                "--endpoint-reconciler-type=none",
+                # Close open watches on SIGTERM; otherwise shutdown waits out --request-timeout
+                # (60 s) for them, which makes restart_apiserver() slow.
+                "--shutdown-watch-termination-grace-period=2s",
+            ]
+        if name == "kube-controller-manager":
+            return [
+                f"--kubeconfig={configs / 'kube-controller-manager.yaml'}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={ports['kube-controller-manager']}",
+                "--leader-elect=false",
+                # All on-by-default controllers: GC, namespace, serviceaccount(-token),
+                # deployment, replicaset, node-lifecycle, ... as in a real cluster.
+                "--controllers=*",
+                "--use-service-account-credentials=true",
+                f"--root-ca-file={self.ca_file}",
+                f"--service-account-private-key-file={pki / 'sa.key'}",
+            ]
+        if name == "kube-scheduler":
+            return [
+                f"--config={configs / 'kube-scheduler-config.yaml'}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={ports['kube-scheduler']}",
+            ]
+        if name == "kwok":
+            stages = sorted((self.bin_dir.parent / "kwok-stages").glob("*/*.yaml"))
+            return [
+                f"--kubeconfig={configs / 'kwok.yaml'}",
+                f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
+                # Lease renewals keep node-lifecycle-controller from tainting the fake Nodes.
+                "--node-lease-duration-seconds=40",
+                f"--cidr={POD_CIDR}",
+                f"--server-address=127.0.0.1:{ports['kwok']}",
+                *(f"--config={stage}" for stage in stages),
+            ]
+        raise ValueError(f"unknown component {name!r}")
+
+    # -- files -----------------------------------------------------------------------------
+
+    def _load_state(self) -> None:
+        if not self._state_file.is_file():
+            return
+        state = json.loads(self._state_file.read_text())
+        self._ports = {k: int(v) for k, v in state.get("ports", {}).items()}
+        self._pids = {k: int(v) for k, v in state.get("pids", {}).items()}
+        if self._bin_dir is None and state.get("bin_dir"):
+            self._bin_dir = Path(state["bin_dir"])
+
+    def _save_state(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        state = {
+            "bin_dir": str(self._bin_dir) if self._bin_dir else None,
+            "server": self.server if "kube-apiserver" in self._ports else None,
+            "kubeconfig": str(self.kubeconfig),
+            "ports": self._ports,
+            "pids": self._pids,
+        }
+        tmp = self._state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2) + "\n")
+        tmp.replace(self._state_file)
+
+    def _ensure_credentials(self) -> None:
+        """Service-account key pair and static tokens, generated once per state dir.
+
+        Kept across restarts so tokens already issued (and stored kubeconfigs) stay valid.
+        """
+        key, pub = self._pki / "sa.key", self._pki / "sa.pub"
+        if not key.is_file() or not pub.is_file():
+            for cmd in (
+                ["openssl", "genrsa", "-out", str(key), "2048"],
+                ["openssl", "rsa", "-in", str(key), "-pubout", "-out", str(pub)],
+            ):
+                result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+                if result.returncode != 0:
+                    raise ControlPlaneError(f"{' '.join(cmd)} failed:\n{result.stderr}")
+        tokens = self._pki / "tokens.csv"
+        if not tokens.is_file():
+            with tokens.open("w", newline="") as out:
+                writer = csv.writer(out)
+                for user, groups in _USERS.values():
+                    row = [secrets.token_hex(24), user, user]
+                    writer.writerow([*row, groups] if groups else row)
+            tokens.chmod(0o600)
+
+    def _write_kubeconfigs(self) -> None:
+        """Extract the apiserver's self-signed CA and write admin and component kubeconfigs."""
+        # The cert-dir bundle holds the serving cert followed by the CA that signed it.
+        bundle = (self._pki / "serving" / "apiserver.crt").read_text()
+        marker = "-----BEGIN CERTIFICATE-----"
+        self.ca_file.write_text(marker + bundle.rsplit(marker, 1)[1])
+        tokens = self._tokens()
+        configs = self.state_dir / "kubeconfigs"
+        configs.mkdir(exist_ok=True)
+        self._write_kubeconfig(self.kubeconfig, tokens["admin"])
+        for name in ("kube-controller-manager", "kube-scheduler", "kwok"):
+            self._write_kubeconfig(configs / f"{name}.yaml", tokens[name])
+        scheduler_config = {
+            "apiVersion": "kubescheduler.config.k8s.io/v1",
+            "kind": "KubeSchedulerConfiguration",
+            "clientConnection": {"kubeconfig": str(configs / "kube-scheduler.yaml")},
+            "leaderElection": {"leaderElect": False},
+        }
+        (configs / "kube-scheduler-config.yaml").write_text(yaml.safe_dump(scheduler_config))
+
+    def _write_kubeconfig(self, path: Path, token: str) -> None:
+        ca_data = base64.b64encode(self.ca_file.read_bytes()).decode()
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "amphora-local",
+                    "cluster": {"server": self.server, "certificate-authority-data": ca_data},
+                }
+            ],
+            "users": [{"name": "amphora-local", "user": {"token": token}}],
+            "contexts": [
+                {
+                    "name": "amphora-local",
+                    "context": {"cluster": "amphora-local", "user": "amphora-local"},
+                }
+            ],
+            "current-context": "amphora-local",
+        }
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        path.chmod(0o600)
+
+    # -- API -------------------------------------------------------------------------------
+
+    def _api(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+        """A minimal admin request (stdlib only); returns (HTTP status, decoded JSON or None)."""
+        request = urllib.request.Request(
+            self.server + path,
+            method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={
+                "Authorization": f"Bearer {self.admin_token}",
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+            },
+        )
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        try:
+            with urllib.request.urlopen(request, context=context, timeout=10) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"null")
+        except (urllib.error.URLError, OSError):
+            return 0, None
+
+    def node_names(self) -> list[str]:
+        return [f"kwok-node-{i}" for i in range(self.nodes)]
+
+    def _register_nodes(self) -> None:
+        """Create the fake Nodes (idempotent); kwok then marks them Ready and runs their Pods."""
+        for i, name in enumerate(self.node_names()):
+            node = {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {
+                    "name": name,
+                    "annotations": {
+                        KWOK_NODE_ANNOTATION: "fake",
+                        "node.alpha.kubernetes.io/ttl": "0",
+                    },
+                    "labels": {
+                        "kubernetes.io/hostname": name,
+                        "kubernetes.io/os": "linux",
+                        "kubernetes.io/arch": "amd64",
+                        "type": "kwok",
+                        ZONE_LABEL: ZONES[i % len(ZONES)],
+                    },
+                },
+                "status": {
+                    "allocatable": NODE_ALLOCATABLE,
+                    "capacity": NODE_ALLOCATABLE,
+                    "phase": "Running",
+                },
+            }
+            code, reply = self._api("POST", "/api/v1/nodes", node)
+            if code not in (201, 409):
+                raise ControlPlaneError(f"creating Node {name} failed with HTTP {code}: {reply}")
+
+    def _nodes_ready(self) -> bool:
+        code, reply = self._api("GET", "/api/v1/nodes")
+        if code != 200:
+            return False
+        ready = {
+            item["metadata"]["name"]
+            for item in reply["items"]
+            for condition in item.get("status", {}).get("conditions", [])
+            if condition["type"] == "Ready" and condition["status"] == "True"
+        }
+        return set(self.node_names()) <= ready
+
+
+# -- CLI -----------------------------------------------------------------------------------
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Add ``up``/``down``/``status`` to ``parser``; shared by ``python -m`` and ``amphora-dev``."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(".local/cluster"),
+        help="where pids, logs, keys, etcd data and the kubeconfig live (default: %(default)s)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    up = commands.add_parser(
+        "up", parents=[common], help="start the control plane (reuses a running one)"
+    )
+    up.add_argument("--nodes", type=int, default=2, help="kwok Nodes to register")
+    up.add_argument("--timeout", type=float, default=120.0, help="seconds per readiness wait")
+    up.set_defaults(handler=_cmd_up)
+    down = commands.add_parser("down", parents=[common], help="stop every process")
+    down.set_defaults(handler=_cmd_down)
+    status = commands.add_parser(
+        "status", parents=[common], help="show processes; exit 1 unless all run"
+    )
+    status.set_defaults(handler=_cmd_status)
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    plane = LocalControlPlane(args.state_dir, nodes=args.nodes)
+    started = time.monotonic()
+    try:
+        plane.up(progress=lambda line: print(line, flush=True), timeout=args.timeout)
+    except ControlPlaneError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"control plane ready in {time.monotonic() - started:.1f}s; logs in {plane.logs_dir}")
+    print(f"export KUBECONFIG={plane.kubeconfig}")
+    return 0
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    LocalControlPlane(args.state_dir).down()
+    print(f"stopped; state kept in {args.state_dir.resolve()}")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    plane = LocalControlPlane(args.state_dir)
+    statuses = plane.status().values()
+    for s in statuses:
+        state = "running" if s.running else "stopped"
+        print(
+            f"{s.name:<24} {state:<8} pid={s.pid or '-':<8} port={s.port or '-':<6} "
+            f"rss={s.rss_bytes // 2**20}MiB"
+        )
+    total = sum(s.rss_bytes for s in statuses) // 2**20
+    ready = plane.is_ready()
+    print(f"apiserver ready: {ready}; total rss {total}MiB")
+    if ready:
+        print(f"export KUBECONFIG={plane.kubeconfig}")
+    return 0 if all(s.running for s in statuses) else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m amphora_devtools.control_plane", description=__doc__.splitlines()[0]
+    )
+    configure_parser(parser)
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
