@@ -74,8 +74,8 @@ networks' IPs from Multus's ``k8s.v1.cni.cncf.io/network-status``.
 
 suspend scales to zero (the Pod is deleted; Secrets, NetworkPolicy and id stay); resume scales
 back to one and raises NotSuspendedError unless ``replicas`` is 0. delete removes the StatefulSet
-with foreground propagation (it stays visible as DELETING until its Pod and children are gone)
-and the children by label.
+with foreground propagation (it stays visible as DELETING while the garbage collector removes its
+Pod) and the children by label.
 
 RBAC in the namespace: ``statefulsets`` get/list/create/patch/delete and
 ``statefulsets/finalizers`` update (ownerReferences that block deletion); ``secrets`` and
@@ -128,9 +128,18 @@ __all__ = [
     "BUILTIN_FLAVORS",
     "DEFAULT_AUTHORIZED_KEYS_PATH",
     "DEFAULT_USER_DATA_PATH",
+    "LABEL_ID",
+    "LABEL_INSTANCE",
+    "LABEL_MANAGED_BY",
+    "LABEL_OWNER",
+    "LABEL_SERVER_GROUP",
+    "MANAGED_BY",
+    "SECGROUP_LABEL_PREFIX",
+    "USER_DATA_ENV",
     "ContainerDriver",
     "Flavor",
     "Observation",
+    "observe_pod",
     "observe_workload",
     "workload_name",
 ]
@@ -138,7 +147,7 @@ __all__ = [
 LOG = logging.getLogger(__name__)
 
 #: The client's quantity parser ("250m", "1Gi" → Decimal), typed.
-parse_quantity: Callable[[str], Decimal] = _untyped_parse_quantity
+_parse_quantity: Callable[[str], Decimal] = _untyped_parse_quantity
 
 DEFAULT_AUTHORIZED_KEYS_PATH = "/home/amphora/.ssh/authorized_keys"
 DEFAULT_USER_DATA_PATH = "/var/lib/amphora/user-data"
@@ -203,7 +212,7 @@ class Flavor(BaseModel):
     def _quantities(cls, value: dict[str, str]) -> dict[str, str]:
         for resource, quantity in value.items():
             try:
-                parse_quantity(quantity)
+                _parse_quantity(quantity)
             except ValueError as e:
                 raise ValueError(f"{resource}: {quantity!r} is not a quantity") from e
         return value
@@ -212,7 +221,7 @@ class Flavor(BaseModel):
     def _requests_within_limits(self) -> Flavor:
         for resource, limit in self.limits.items():
             request = self.requests.get(resource)
-            if request is not None and parse_quantity(request) > parse_quantity(limit):
+            if request is not None and _parse_quantity(request) > _parse_quantity(limit):
                 raise ValueError(f"{resource}: request {request} exceeds limit {limit}")
         return self
 
@@ -673,7 +682,8 @@ class ContainerDriver(AmphoraComputeDriver):
         """
         self.namespace = namespace
         try:
-            table = {n: Flavor.model_validate(f) for n, f in (flavors or BUILTIN_FLAVORS).items()}
+            given = BUILTIN_FLAVORS if flavors is None else flavors
+            table = {n: Flavor.model_validate(f) for n, f in given.items()}
         except ValidationError as e:
             raise ValueError(f"flavors: {e}") from e
         self.flavors: Mapping[str, Flavor] = table
@@ -730,8 +740,6 @@ class ContainerDriver(AmphoraComputeDriver):
         if request.user_data is not None:
             mounts.append(self.user_data_path)
         for path in mounts:
-            if path == "/":
-                raise _invalid("config_drive_files", "'/' is not a file path")
             clash = [o for o in mounts if o != path and o.startswith(path + "/")]
             if clash or mounts.count(path) > 1:
                 raise _invalid(
@@ -835,15 +843,9 @@ class ContainerDriver(AmphoraComputeDriver):
                     raise
             existing = self._call(read, name, self.namespace)
             self._check_takeover(kind, existing, owner)
-            metadata = existing["metadata"]
-            body = {
-                **body,
-                "metadata": {
-                    **body["metadata"],
-                    "resourceVersion": metadata["resourceVersion"],
-                    "ownerReferences": metadata.get("ownerReferences", []),
-                },
-            }
+            # Stale ownerReferences are dropped; _own_children() sets the new StatefulSet's.
+            version = existing["metadata"]["resourceVersion"]
+            body = {**body, "metadata": {**body["metadata"], "resourceVersion": version}}
             self._call(replace, name, self.namespace, body, field_manager=FIELD_MANAGER)
             LOG.info("took over %s %s/%s left by an earlier build", kind, self.namespace, name)
 
@@ -962,9 +964,8 @@ class ContainerDriver(AmphoraComputeDriver):
             )["items"]
             by_id: dict[str, list[dict[str, Any]]] = {}
             for pod in pods:
-                by_id.setdefault(pod["metadata"].get("labels", {}).get(LABEL_ID, ""), []).append(
-                    pod
-                )
+                pod_id = pod["metadata"].get("labels", {}).get(LABEL_ID, "")
+                by_id.setdefault(pod_id, []).append(pod)
             return [
                 self._instance(w, by_id.get(w["metadata"]["labels"].get(LABEL_ID, ""), []))
                 for w in sorted(workloads, key=lambda w: str(w["metadata"]["name"]))
@@ -1011,9 +1012,9 @@ class ContainerDriver(AmphoraComputeDriver):
 
     def _workload(self, amphora_id: str, what: str) -> dict[str, Any]:
         """The StatefulSet of ``amphora_id``, refusing one that is being deleted."""
-        selector = _selector({LABEL_MANAGED_BY: MANAGED_BY, LABEL_ID: amphora_id})
         if not _LABEL_VALUE.match(amphora_id):
             raise InstanceNotFoundError(f"no amphora with id {amphora_id}")
+        selector = _selector({LABEL_MANAGED_BY: MANAGED_BY, LABEL_ID: amphora_id})
         with _translated(f"{what} amphora {amphora_id}", AmphoraComputeError):
             items = self._call(
                 self._apps.list_namespaced_stateful_set, self.namespace, label_selector=selector
@@ -1035,33 +1036,39 @@ class ContainerDriver(AmphoraComputeDriver):
         workload = self._workload(amphora_id, "suspend")
         if workload["spec"].get("replicas", 1) == 0:
             return
-        self._scale(workload, 0, amphora_id, "suspend")
+        self._scale(workload, [{"op": "replace", "path": "/spec/replicas", "value": 0}])
+        LOG.info("amphora %s: suspended (replicas 0)", amphora_id)
 
     def resume(self, amphora_id: str) -> None:
         workload = self._workload(amphora_id, "resume")
+        not_suspended = NotSuspendedError(f"amphora {amphora_id} is not suspended")
         if workload["spec"].get("replicas", 1) != 0:
-            raise NotSuspendedError(f"amphora {amphora_id} is not suspended")
-        self._scale(workload, 1, amphora_id, "resume")
+            raise not_suspended
+        # The test op makes check-and-set atomic: of two concurrent resumes, one is refused.
+        patch = [
+            {"op": "test", "path": "/spec/replicas", "value": 0},
+            {"op": "replace", "path": "/spec/replicas", "value": 1},
+        ]
+        try:
+            self._scale(workload, patch)
+        except AmphoraComputeError as e:
+            if e.reason == Reason.INVALID_INPUT:  # 422: the test op failed
+                raise not_suspended from e
+            raise
+        LOG.info("amphora %s: resumed (replicas 1)", amphora_id)
 
-    def _scale(
-        self, workload: Mapping[str, Any], replicas: int, amphora_id: str, what: str
-    ) -> None:
-        """Set replicas, only if nobody changed the StatefulSet since we read it."""
-        metadata = workload["metadata"]
-        patch = {
-            "metadata": {"resourceVersion": metadata["resourceVersion"]},
-            "spec": {"replicas": replicas},
-        }
-        with _translated(f"{what} amphora {amphora_id}", AmphoraComputeError):
+    def _scale(self, workload: Mapping[str, Any], patch: list[dict[str, Any]]) -> None:
+        """Apply a JSON patch to ``spec.replicas`` (status updates do not make it conflict)."""
+        name = workload["metadata"]["name"]
+        with _translated(f"scale StatefulSet {self.namespace}/{name}", AmphoraComputeError):
             self._call(
                 self._apps.patch_namespaced_stateful_set,
-                metadata["name"],
+                name,
                 self.namespace,
                 patch,
                 field_manager=FIELD_MANAGER,
-                _content_type="application/merge-patch+json",
+                _content_type="application/json-patch+json",
             )
-        LOG.info("amphora %s: %s (replicas=%d)", amphora_id, what, replicas)
 
     def delete(self, amphora_id: str) -> None:
         if not _LABEL_VALUE.match(amphora_id):
