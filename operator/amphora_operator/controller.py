@@ -576,6 +576,8 @@ class Controller:
             for amphora_id in to_delete:
                 await backend.call("delete", amphora_id)
         except (UnknownProfileError, UnknownDriverError) as e:
+            if not (status.compute_id or status.replacement or status.retired):
+                return None  # no driver could ever have built anything for it
             return await self._deletion_blocked(tracked, status, "UnknownDriver", str(e))
         except AmphoraComputeError as e:
             return await self._deletion_blocked(tracked, status, e.reason, e.message)

@@ -83,6 +83,8 @@ def make_registry(options: RunOptions) -> kopf.OperatorRegistry:
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        if options.kubeconfig:  # an explicit file wins over in-cluster credentials
+            return kopf.login_with_kubeconfig(**kwargs)
         return kopf.login_via_client(**kwargs)
 
     @kopf.on.startup(registry=registry)

@@ -8,8 +8,10 @@ input is refused by ``kubectl apply`` before the operator sees it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar, Self
 
 from amphora_drivers.types import (
     MAX_CONFIG_DRIVE_FILE_BYTES,
@@ -19,7 +21,7 @@ from amphora_drivers.types import (
     MAX_USER_DATA_BYTES,
     ServerGroupPolicy,
 )
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
 
@@ -62,10 +64,53 @@ def _cel(rule: str, message: str, **extra: str) -> JsonDict:
     return {"rule": rule, "message": message, **extra}
 
 
+@dataclass(frozen=True)
+class Rule:
+    """One validation rule, stated once: as CEL for the apiserver and as Python for pydantic.
+
+    ``tests/operator/test_crd.py`` proves both halves accept and refuse the same specs.
+    """
+
+    cel: str
+    message: str
+    holds: Callable[[Any], bool]
+    #: The field the error is about, relative to the object (``.flavor``).
+    field_path: str | None = None
+
+    def schema(self) -> JsonDict:
+        extra = {"fieldPath": self.field_path} if self.field_path else {}
+        return _cel(self.cel, self.message, **extra)
+
+
+def _with_rules(schema: JsonDict, cls: type[BaseModel]) -> None:
+    """Publish a model's rules (and apiserver-only transition rules) as CEL in its schema."""
+    rules = [r.schema() for r in getattr(cls, "rules", ())]
+    rules += list(getattr(cls, "transition_rules", ()))
+    if rules:
+        schema["x-kubernetes-validations"] = rules
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        json_schema_extra=_with_rules,
     )
+
+    #: Rules over several fields, checked by the apiserver (CEL) and by pydantic alike.
+    rules: ClassVar[tuple[Rule, ...]] = ()
+    #: Rules on updates (they compare with ``oldSelf``): only the apiserver can check them.
+    transition_rules: ClassVar[tuple[JsonDict, ...]] = ()
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> Self:
+        for rule in self.rules:
+            if not rule.holds(self):
+                where = rule.field_path.lstrip(".") if rule.field_path else ""
+                raise ValueError(f"{where}: {rule.message}" if where else rule.message)
+        return self
 
 
 class SpecType(StrEnum):
@@ -104,15 +149,18 @@ class SecretKeyRef(_Model):
 class ConfigDriveFile(_Model):
     """One file written onto the amphora at boot, inline or from a Secret."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                _cel(
-                    "has(self.content) != has(self.secretRef)",
-                    "exactly one of content or secretRef must be set",
-                )
-            ]
-        }
+    rules = (
+        Rule(
+            "has(self.content) != has(self.secretRef)",
+            "exactly one of content or secretRef must be set",
+            lambda f: (f.content is None) != (f.secret_ref is None),
+        ),
+        Rule(
+            "!self.path.split('/').exists(s, s == '..' || s == '.')",
+            "must not contain '.' or '..' segments",
+            lambda f: not any(part in (".", "..") for part in f.path.split("/")),
+            field_path=".path",
+        ),
     )
 
     path: Annotated[
@@ -122,14 +170,6 @@ class ConfigDriveFile(_Model):
             min_length=2,
             max_length=255,
             pattern=ABSOLUTE_PATH_PATTERN,
-            json_schema_extra={
-                "x-kubernetes-validations": [
-                    _cel(
-                        "!self.split('/').exists(s, s == '..' || s == '.')",
-                        "path must not contain '.' or '..' segments",
-                    )
-                ]
-            },
         ),
     ]
     content: Annotated[
@@ -148,15 +188,12 @@ class ConfigDriveFile(_Model):
 class UserData(_Model):
     """User data for the amphora's first boot (e.g. cloud-init), inline or from a Secret."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                _cel(
-                    "has(self.content) != has(self.secretRef)",
-                    "exactly one of content or secretRef must be set",
-                )
-            ]
-        }
+    rules = (
+        Rule(
+            "has(self.content) != has(self.secretRef)",
+            "exactly one of content or secretRef must be set",
+            lambda u: (u.content is None) != (u.secret_ref is None),
+        ),
     )
 
     content: Annotated[
@@ -196,33 +233,33 @@ _IMMUTABLE = "self == oldSelf"
 class AmphoraSpec(_Model):
     """The desired amphora."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                _cel(
-                    "self.type == 'Container' || has(self.flavor)",
-                    "flavor is required for VM and BareMetal amphorae",
-                    fieldPath=".flavor",
-                    reason="FieldValueRequired",
-                ),
-                _cel(
-                    "self.managementPolicy != 'ObserveOnly' || has(self.importId)",
-                    "importId is required when managementPolicy is ObserveOnly",
-                    fieldPath=".importId",
-                    reason="FieldValueRequired",
-                ),
-                _cel(
-                    "has(self.driver) == has(oldSelf.driver)",
-                    "driver may not be added or removed after creation",
-                    fieldPath=".driver",
-                ),
-                _cel(
-                    "has(self.importId) == has(oldSelf.importId)",
-                    "importId may not be added or removed after creation",
-                    fieldPath=".importId",
-                ),
-            ]
-        }
+    rules = (
+        Rule(
+            "self.type == 'Container' || has(self.flavor)",
+            "flavor is required for VM and BareMetal amphorae",
+            lambda s: s.type is SpecType.CONTAINER or s.flavor is not None,
+            field_path=".flavor",
+        ),
+        Rule(
+            "self.managementPolicy != 'ObserveOnly' || has(self.importId)",
+            "importId is required when managementPolicy is ObserveOnly",
+            lambda s: (
+                s.management_policy is not ManagementPolicy.OBSERVE_ONLY or s.import_id is not None
+            ),
+            field_path=".importId",
+        ),
+    )
+    transition_rules = (
+        _cel(
+            "has(self.driver) == has(oldSelf.driver)",
+            "driver may not be added or removed after creation",
+            fieldPath=".driver",
+        ),
+        _cel(
+            "has(self.importId) == has(oldSelf.importId)",
+            "importId may not be added or removed after creation",
+            fieldPath=".importId",
+        ),
     )
 
     type: Annotated[

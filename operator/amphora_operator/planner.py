@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from amphora_drivers.types import AmphoraInstance, AmphoraState
+
 from amphora_operator.conditions import now_rfc3339, set_condition
 from amphora_operator.model import (
     AmphoraSpec,
@@ -176,7 +177,8 @@ def plan(
             s.compute_id, s.spec_hash = current.id, wanted_hash
             out.events.append(("Normal", "Imported", f"adopted instance {current.id}"))
         elif current is not None and not _gone(current):
-            s.compute_id = current.id
+            # Built before a crash; the first build records no intent, so it is from this spec.
+            s.compute_id, s.spec_hash = current.id, s.spec_hash or wanted_hash
             out.events.append(("Normal", "Adopted", f"found instance {current.id} by owner"))
         elif not managed:
             return _failed(out, spec, generation, stamp, "ImportNotFound", "nothing to observe")
