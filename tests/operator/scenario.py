@@ -64,7 +64,11 @@ class Steps:
         return True
 
     def wait(
-        self, name: str, until: Callable[[dict[str, Any]], bool], timeout: float = 30, what: str = ""
+        self,
+        name: str,
+        until: Callable[[dict[str, Any]], bool],
+        timeout: float = 30,
+        what: str = "",
     ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         status: dict[str, Any] = {}

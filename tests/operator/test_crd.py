@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 import yaml
+from amphora_operator.crd import crd_manifest, crd_yaml
+from amphora_operator.model import AmphoraSpec
 from kubernetes import client as k8s
 from kubernetes.client import ApiClient
 from pydantic import ValidationError
 
-from amphora_operator.crd import crd_manifest, crd_yaml
-from amphora_operator.model import AmphoraSpec
 from tests.fixtures.operator import CRD_FILE, GROUP, PLURAL, VERSION
 
 
@@ -50,9 +50,7 @@ def test_every_spec_and_status_field_is_described() -> None:
     assert _undescribed(schema["properties"]["status"], "status") == []
 
 
-def test_kubectl_explain_describes_the_spec(
-    amphora_crd: dict[str, Any], kubectl: Any
-) -> None:
+def test_kubectl_explain_describes_the_spec(amphora_crd: dict[str, Any], kubectl: Any) -> None:
     out = kubectl("explain", "amphora.spec.configDriveFiles").stdout
     assert "at most 5" in out and "path" in out and "secretRef" in out
 
@@ -162,7 +160,7 @@ def test_immutable_fields_are_refused_on_update(
                     GROUP, VERSION, "default", PLURAL, name, {"spec": patch}
                 )
             assert err.value.status == 422
-            assert field in err.value.body and "immutable" in err.value.body or (
+            assert (field in err.value.body and "immutable" in err.value.body) or (
                 "may not be added" in err.value.body
             ), err.value.body
         # Mutable fields still change.
@@ -177,8 +175,9 @@ def test_defaults_are_applied_by_the_apiserver(
     amphora_crd: dict[str, Any], kube_api: ApiClient
 ) -> None:
     api = k8s.CustomObjectsApi(kube_api)
+    name = f"defaults-{uuid.uuid4().hex[:8]}"
     body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Amphora",
-            "metadata": {"name": f"defaults-{uuid.uuid4().hex[:8]}"}, "spec": dict(BASE)}  # fmt: skip
+            "metadata": {"name": name}, "spec": dict(BASE)}  # fmt: skip
     created = api.create_namespaced_custom_object(
         GROUP, VERSION, "default", PLURAL, body, dry_run="All"
     )

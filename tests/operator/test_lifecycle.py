@@ -76,9 +76,7 @@ def test_failed_build_shows_the_fault_and_recovers_when_the_cause_goes(
     assert condition(status, "Ready")["status"] == "False"
     assert "No valid host was found" in condition(status, "Ready")["message"]
     # It is retried with backoff, not abandoned: the revision moves on.
-    steps.wait(
-        "unlucky", lambda s: s.get("retries", 0) >= 2, timeout=30, what="two rebuilds"
-    )
+    steps.wait("unlucky", lambda s: s.get("retries", 0) >= 2, timeout=30, what="two rebuilds")
     # The cause goes away (here: the user drops the fault hint) and it recovers by itself.
     steps.patch_spec("unlucky", tags=["recovered"])
     status = steps.wait_phase("unlucky", "Ready")
@@ -100,9 +98,7 @@ def test_suspend_and_resume_in_place(start_operator: StartOperator, steps: Steps
     assert len(operator.instances()) == 1
 
 
-def test_image_change_rolls_out_by_replacement(
-    start_operator: StartOperator, steps: Steps
-) -> None:
+def test_image_change_rolls_out_by_replacement(start_operator: StartOperator, steps: Steps) -> None:
     operator = start_operator()
     steps.apply(amphora("rolling", tags=["noop:build-seconds=2"]))
     old_id = steps.wait_phase("rolling", "Ready")["computeId"]
@@ -154,7 +150,6 @@ def test_crash_between_create_and_record_adopts_by_owner(
 ) -> None:
     """The instance exists with the owner tag but status never got its id: adopt it."""
     from amphora_drivers.noop import NoopDriver
-
     from amphora_operator.planner import instance_name, owner_key
 
     steps.apply(amphora("orphan-risk"))  # no operator yet
@@ -174,11 +169,7 @@ def test_crash_between_create_and_record_adopts_by_owner(
 def test_delete_waits_for_the_backend_and_orphan_leaves_the_instance(
     start_operator: StartOperator, steps: Steps
 ) -> None:
-    operator = start_operator(
-        noop_config(Path(start_operator.__self__.workdir) / "noop.json")  # type: ignore[attr-defined]
-        if False
-        else None
-    )
+    operator = start_operator()
     steps.apply(amphora("doomed", tags=["noop:delete-failures=2"]), amphora("kept"))
     steps.wait_phase("doomed", "Ready")
     kept_id = steps.wait_phase("kept", "Ready")["computeId"]

@@ -1,0 +1,239 @@
+"""The planner's policies, as a pure function: no cluster, no backend, a fixed clock."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from amphora_drivers import AmphoraInstance, AmphoraState, AmphoraType
+from amphora_operator.conditions import set_condition
+from amphora_operator.model import AmphoraSpec, AmphoraStatus, Phase, Replacement
+from amphora_operator.planner import (
+    Build,
+    Delete,
+    Observation,
+    Plan,
+    Resume,
+    Suspend,
+    owner_key,
+    plan,
+    plan_deletion,
+    spec_hash,
+)
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+UID = "0863fd03-7166-46aa-9c35-93539b4c2a29"
+
+
+def spec(**fields: Any) -> AmphoraSpec:
+    return AmphoraSpec.model_validate({"flavor": "f", "image": "img", **fields})
+
+
+def instance(id_: str, state: AmphoraState, fault: str | None = None, **kw: Any) -> AmphoraInstance:
+    return AmphoraInstance(
+        id=id_, name=f"n-{id_}", amphora_type=AmphoraType.VM, state=state,
+        raw_state=state.value.lower(), addresses=("192.0.2.1",), fault=fault, **kw,
+    )  # fmt: skip
+
+
+def run(
+    s: AmphoraSpec, status: AmphoraStatus, observation: Observation, now: datetime = NOW
+) -> Plan:
+    return plan(spec=s, status=status, observation=observation, generation=3, profile="noop",
+                now=now, retry_base=10, retry_max=300)  # fmt: skip
+
+
+def cond(status: AmphoraStatus, type_: str) -> tuple[str, str]:
+    c = next(c for c in status.conditions if c.type == type_)
+    return c.status, c.reason
+
+
+def test_new_amphora_builds_revision_zero() -> None:
+    result = run(spec(), AmphoraStatus(), Observation())
+    assert result.actions == [Build(0)]
+    assert result.status.phase is Phase.BUILDING
+    assert result.status.spec_hash == spec_hash(spec())
+    assert cond(result.status, "Progressing") == ("True", "Building")
+    assert cond(result.status, "Ready") == ("False", "Building")
+    assert result.status.observed_generation == 3
+
+
+def test_instance_found_by_owner_is_adopted_not_rebuilt() -> None:
+    found = instance("a", AmphoraState.ACTIVE, owner=owner_key(UID, 0))
+    result = run(spec(), AmphoraStatus(), Observation(current=found))
+    assert result.actions == []
+    assert result.status.compute_id == "a"
+    assert result.status.phase is Phase.READY
+    assert ("Normal", "Adopted", "found instance a by owner") in result.events
+
+
+def test_active_instance_is_ready_with_addresses() -> None:
+    status = AmphoraStatus(compute_id="a", spec_hash=spec_hash(spec()))
+    result = run(spec(), status, Observation(current=instance("a", AmphoraState.ACTIVE)))
+    assert result.actions == []
+    assert result.status.phase is Phase.READY
+    assert result.status.addresses == ["192.0.2.1"]
+    assert cond(result.status, "Ready") == ("True", "Ready")
+    assert cond(result.status, "Progressing") == ("False", "Stable")
+
+
+def test_error_waits_for_backoff_then_rebuilds_and_retires_the_broken_one() -> None:
+    status = AmphoraStatus(compute_id="a", spec_hash=spec_hash(spec()))
+    broken = Observation(current=instance("a", AmphoraState.ERROR, fault="No valid host"))
+    first = run(spec(), status, broken)
+    assert first.actions == []
+    assert first.status.phase is Phase.FAILED
+    assert first.status.fault == "No valid host"
+    assert first.status.next_retry_time == "2026-11-25T12:00:10Z"
+    assert cond(first.status, "Ready")[0] == "False"
+    later = run(spec(), first.status, broken, now=NOW + timedelta(seconds=11))
+    assert later.actions == [Delete("a"), Build(1)]
+    assert later.status.retired == ["a"]
+    assert later.status.revision == 1 and later.status.retries == 1
+    assert later.status.compute_id is None
+
+
+def test_backoff_doubles_and_is_capped() -> None:
+    status = AmphoraStatus(compute_id="a", spec_hash=spec_hash(spec()), retries=10)
+    result = run(spec(), status, Observation(current=instance("a", AmphoraState.ERROR)))
+    assert result.status.next_retry_time == "2026-11-25T12:05:00Z"  # 300 s cap
+
+
+def test_spec_change_retries_a_failed_build_at_once() -> None:
+    status = AmphoraStatus(
+        spec_hash=spec_hash(spec()), phase=Phase.FAILED, next_retry_time="2026-11-25T13:00:00Z"
+    )
+    waiting = run(spec(), status, Observation())
+    assert waiting.actions == []
+    changed = run(spec(image="fixed"), status, Observation())
+    assert changed.actions == [Build(0)]
+
+
+def test_spec_change_builds_a_replacement_first_then_retires_the_old() -> None:
+    old_hash = spec_hash(spec())
+    status = AmphoraStatus(compute_id="a", spec_hash=old_hash)
+    new = spec(image="img-2")
+    started = run(new, status, Observation(current=instance("a", AmphoraState.ACTIVE)))
+    assert started.actions == [Build(1, replacement=True)]
+    assert started.status.phase is Phase.UPDATING
+    assert started.status.compute_id == "a"
+    assert started.status.replacement == Replacement(
+        revision=1, spec_hash=spec_hash(new), reason="SpecChanged"
+    )
+    building = started.status.model_copy(
+        update={"replacement": started.status.replacement.model_copy(update={"compute_id": "b"})}
+    )
+    still = run(
+        new,
+        building,
+        Observation(
+            current=instance("a", AmphoraState.ACTIVE),
+            replacement=instance("b", AmphoraState.BUILDING),
+        ),
+    )
+    assert still.actions == [] and still.status.compute_id == "a"
+    swapped = run(
+        new,
+        building,
+        Observation(
+            current=instance("a", AmphoraState.ACTIVE),
+            replacement=instance("b", AmphoraState.ACTIVE),
+        ),
+    )
+    assert swapped.actions == [Delete("a")]
+    assert swapped.status.compute_id == "b" and swapped.status.revision == 1
+    assert swapped.status.retired == ["a"] and swapped.status.replacement is None
+    assert swapped.status.phase is Phase.READY
+
+
+def test_retired_instances_are_deleted_until_confirmed_gone() -> None:
+    status = AmphoraStatus(compute_id="b", spec_hash=spec_hash(spec()), retired=["a", "z"])
+    result = run(spec(), status, Observation(
+        current=instance("b", AmphoraState.ACTIVE),
+        retired={"a": instance("a", AmphoraState.ACTIVE), "z": None},
+    ))  # fmt: skip
+    assert result.actions == [Delete("a")]
+    assert result.status.retired == ["a"]
+    deleting = run(spec(), result.status, Observation(
+        current=instance("b", AmphoraState.ACTIVE),
+        retired={"a": instance("a", AmphoraState.DELETING)},
+    ))  # fmt: skip
+    assert deleting.actions == [], "a delete in progress is not re-issued"
+
+
+def test_lost_instance_is_rebuilt_when_managed_and_reported_when_observed() -> None:
+    status = AmphoraStatus(compute_id="a", spec_hash=spec_hash(spec()))
+    managed = run(spec(), status, Observation(current=None))
+    assert managed.actions == [Build(1)]
+    assert any(e[1] == "InstanceLost" for e in managed.events)
+    observed = run(spec(importId="a", managementPolicy="ObserveOnly"), status, Observation())
+    assert observed.actions == []
+    assert observed.status.phase is Phase.FAILED
+    assert cond(observed.status, "Ready") == ("False", "InstanceLost")
+
+
+def test_suspended_toggles_in_place() -> None:
+    status = AmphoraStatus(compute_id="a", spec_hash=spec_hash(spec()))
+    suspend = run(
+        spec(suspended=True), status, Observation(current=instance("a", AmphoraState.ACTIVE))
+    )
+    assert suspend.actions == [Suspend("a")]
+    assert suspend.status.phase is Phase.UPDATING
+    done = run(
+        spec(suspended=True), status, Observation(current=instance("a", AmphoraState.SUSPENDED))
+    )
+    assert done.actions == [] and done.status.phase is Phase.SUSPENDED
+    resume = run(spec(), status, Observation(current=instance("a", AmphoraState.SUSPENDED)))
+    assert resume.actions == [Resume("a")]
+
+
+def test_observe_only_never_acts() -> None:
+    s = spec(importId="a", managementPolicy="ObserveOnly", suspended=True, image="changed")
+    status = AmphoraStatus(compute_id="a", spec_hash="something-else")
+    result = run(s, status, Observation(current=instance("a", AmphoraState.ACTIVE)))
+    assert result.actions == []
+    assert result.status.phase is Phase.READY
+
+
+def test_import_adopts_the_named_instance_or_reports_it_missing() -> None:
+    s = spec(importId="x")
+    found = run(s, AmphoraStatus(), Observation(current=instance("x", AmphoraState.ACTIVE)))
+    assert found.status.compute_id == "x" and found.actions == []
+    missing = run(s, AmphoraStatus(), Observation())
+    assert missing.actions == []
+    assert cond(missing.status, "Ready") == ("False", "ImportNotFound")
+
+
+def test_conditions_keep_transition_time_when_status_does_not_change() -> None:
+    first = set_condition([], type="Ready", status=True, reason="Ready", message="m",
+                          generation=1, now="2026-01-01T00:00:00Z")  # fmt: skip
+    same = set_condition(first, type="Ready", status=True, reason="Ready", message="m2",
+                         generation=2, now="2026-01-02T00:00:00Z")  # fmt: skip
+    assert same[0].last_transition_time == "2026-01-01T00:00:00Z"
+    assert same[0].observed_generation == 2 and same[0].message == "m2"
+    flipped = set_condition(same, type="Ready", status=False, reason="X", message="m",
+                            generation=2, now="2026-01-03T00:00:00Z")  # fmt: skip
+    assert flipped[0].last_transition_time == "2026-01-03T00:00:00Z"
+
+
+def test_plan_is_stable_when_nothing_changes() -> None:
+    status = AmphoraStatus(compute_id="a", spec_hash=spec_hash(spec()))
+    obs = Observation(current=instance("a", AmphoraState.ACTIVE))
+    once = run(spec(), status, obs).status
+    twice = run(spec(), once, obs, now=NOW + timedelta(minutes=5)).status
+    assert once == twice, "a stable amphora must not cause status writes"
+
+
+def test_deletion_plan() -> None:
+    obs = Observation(
+        current=instance("a", AmphoraState.ACTIVE),
+        retired={"b": instance("b", AmphoraState.DELETING), "c": None},
+    )
+    assert plan_deletion(spec=spec(), status=AmphoraStatus(), observation=obs) == (
+        ["a"], ["a", "b"],
+    )  # fmt: skip
+    assert plan_deletion(spec=spec(deletionPolicy="Orphan"), status=AmphoraStatus(),
+                         observation=obs) == ([], [])  # fmt: skip
+    assert plan_deletion(spec=spec(), status=AmphoraStatus(), observation=Observation()) == (
+        [], [],
+    )  # fmt: skip
