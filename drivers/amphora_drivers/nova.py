@@ -68,6 +68,7 @@ import logging
 import re
 import threading
 import time
+import warnings
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from email.message import Message
@@ -107,6 +108,7 @@ __all__ = [
     "ImageLookup",
     "NovaDriver",
     "UserDataTooLarge",
+    "connect",
     "is_bare_metal_flavor",
     "render_user_data",
 ]
@@ -275,7 +277,12 @@ class ImageLookup(Protocol):
 
 
 class _GlanceImageLookup:
-    """The default ImageLookup: the cloud's image service through openstacksdk."""
+    """The default ImageLookup: the cloud's image service through openstacksdk.
+
+    Not exercised against a real Glance by the tests: the Nova box's Glance is an in-process
+    stub with no HTTP endpoint. The tests cover resolution with an injected lookup, and this
+    class's failure when no image service is reachable.
+    """
 
     def __init__(self, driver: NovaDriver, owner: str | None) -> None:
         self._driver = driver
@@ -401,33 +408,23 @@ class NovaDriver(AmphoraComputeDriver):
             return self._connection
 
     def _connect(self) -> openstack.connection.Connection:
-        overrides: dict[str, Any] = {
-            "compute_api_version": self.microversion,
-            "api_timeout": self.api_timeout,
-            # The caller retries with backoff (errors say whether to); no hidden waits here.
-            "connect_retries": 0,
-            "status_code_retries": 0,
-        }
         try:
-            if self._clouds_yaml is not None:
-                config = OpenStackConfig(
-                    config_files=[self._clouds_yaml],
-                    vendor_files=[],
-                    secure_files=[],
-                    load_envvars=False,
-                )
-                region = config.get_one(cloud=self.cloud, **overrides)
-            else:
-                entry = _cloud_entry(self._clouds_yaml_content or "", self.cloud)
-                config = OpenStackConfig(load_yaml_config=False, load_envvars=False)
-                region = config.get_one(**{**entry, **overrides})
+            return connect(
+                clouds_yaml=self._clouds_yaml,
+                clouds_yaml_content=self._clouds_yaml_content,
+                cloud=self.cloud,
+                compute_api_version=self.microversion,
+                api_timeout=self.api_timeout,
+                # The caller retries with backoff (errors say whether to); no hidden waits here.
+                connect_retries=0,
+                status_code_retries=0,
+            )
         except (openstack.exceptions.SDKException, yaml.YAMLError, ValueError) as e:
             raise AmphoraComputeError(
                 f"cannot read the cloud configuration: {e}",
                 reason=Reason.INVALID_INPUT,
                 retryable=False,
             ) from e
-        return openstack.connection.Connection(config=region)
 
     @property
     def _compute(self) -> Any:
@@ -543,19 +540,20 @@ class NovaDriver(AmphoraComputeDriver):
         """Find the flavor by id, then by name, and check it suits the amphora type."""
         ref = request.amphora_flavor or self.default_flavor or ""
         try:
-            try:
-                flavor = self._compute.get_flavor(ref)
-            except openstack.exceptions.NotFoundException:
+            flavor = self._compute.get_flavor(ref)
+        except openstack.exceptions.NotFoundException as by_id:
+            try:  # is_public=none: private flavors too (bare-metal flavors often are)
                 matches = [f for f in self._compute.flavors(is_public="none") if f.name == ref]
-                if len(matches) != 1:
-                    raise AmphoraBuildError(
-                        f"amphora_flavor: {len(matches) or 'no'} flavors have the id or name "
-                        f"{ref!r}",
-                        reason=Reason.FLAVOR_NOT_FOUND if not matches else Reason.AMBIGUOUS_MATCH,
-                        retryable=False,
-                        field="amphora_flavor",
-                    ) from None
-                flavor = matches[0]
+            except _API_ERRORS as e:
+                raise _api_error(e, f"list flavors for {ref!r}", AmphoraBuildError) from e
+            if len(matches) != 1:
+                raise AmphoraBuildError(
+                    f"amphora_flavor: {len(matches) or 'no'} flavors have the id or name {ref!r}",
+                    reason=Reason.AMBIGUOUS_MATCH if matches else Reason.FLAVOR_NOT_FOUND,
+                    retryable=False,
+                    field="amphora_flavor",
+                ) from by_id
+            flavor = matches[0]
         except _API_ERRORS as e:
             raise _api_error(e, f"look up flavor {ref!r}", AmphoraBuildError) from e
         bare_metal = (
@@ -583,7 +581,7 @@ class NovaDriver(AmphoraComputeDriver):
         name = None if tag is not None else ref
         try:
             candidates = self._image_lookup(name=name, tag=tag)
-        except ksa_exceptions.EndpointNotFound as e:
+        except _NO_SERVICE as e:
             raise AmphoraBuildError(
                 f"image_id: {ref!r} is not an image id, and no image service is reachable to "
                 "resolve names and tags; give the image's UUID",
@@ -701,7 +699,12 @@ class NovaDriver(AmphoraComputeDriver):
     # -- lifecycle --------------------------------------------------------------------------
 
     def delete(self, amphora_id: str) -> None:
-        """DELETE the server; gone already is success; transient errors are retried a few times."""
+        """DELETE the server; gone already is success.
+
+        Transient failures (5xx, 429, timeouts, no connection) are retried in place, at most
+        ``delete_attempts`` tries; a refusal (e.g. 409, a locked server) raises DeleteFailed at
+        once, retryable by the caller later.
+        """
         for attempt in range(1, self.delete_attempts + 1):
             try:
                 self._compute.delete_server(amphora_id, ignore_missing=True)
@@ -709,7 +712,7 @@ class NovaDriver(AmphoraComputeDriver):
                 return
             except _API_ERRORS as e:
                 error = _api_error(e, f"delete server {amphora_id}", DeleteFailed)
-                if not error.retryable or attempt == self.delete_attempts:
+                if error.reason not in _TRANSIENT or attempt == self.delete_attempts:
                     raise error from e
                 LOG.warning("delete of %s failed (%s); retrying", amphora_id, error.reason)
             time.sleep(self.delete_backoff * 2 ** (attempt - 1))
@@ -756,6 +759,14 @@ class NovaDriver(AmphoraComputeDriver):
 # -- helpers ------------------------------------------------------------------------------------
 
 _API_ERRORS = (openstack.exceptions.SDKException, ksa_exceptions.ClientException)
+# Failures that may clear within a second: worth a bounded retry in place.
+_TRANSIENT = frozenset({Reason.BACKEND_UNAVAILABLE, Reason.RATE_LIMITED, Reason.TIMEOUT})
+# What openstacksdk raises when the cloud has no usable endpoint for a service at all.
+_NO_SERVICE = (
+    ksa_exceptions.EndpointNotFound,
+    openstack.exceptions.EndpointNotFound,
+    openstack.exceptions.NotSupported,
+)
 
 
 def _api_error(
@@ -805,12 +816,12 @@ def _classify(error: Exception) -> tuple[Reason, bool, str | None]:
 
 
 def _nova_message(error: Exception) -> str:
-    """Nova's own words when the error carries them (HttpException.details), else str()."""
+    """Nova's own words with the HTTP status when the error carries them, else str(error)."""
     details = getattr(error, "details", None)
-    text = str(error)
-    if isinstance(details, str) and details and details not in text:
-        return f"{text}: {details}"
-    return text
+    status = getattr(error, "status_code", None)
+    if isinstance(details, str) and details and status is not None:
+        return f"Nova answered {status}: {details}"
+    return str(error) or type(error).__name__
 
 
 def _invalid(field: str, message: str) -> AmphoraBuildError:
@@ -843,6 +854,33 @@ def _addresses(addresses: Mapping[str, Any]) -> Iterator[str]:
 def _version(text: str) -> tuple[int, int]:
     major, _, minor = text.partition(".")
     return int(major), int(minor or 0)
+
+
+def connect(
+    *,
+    clouds_yaml: str | None = None,
+    clouds_yaml_content: str | None = None,
+    cloud: str | None = None,
+    **options: Any,
+) -> openstack.connection.Connection:
+    """An openstacksdk Connection from a clouds.yaml path or text only (no env, no defaults).
+
+    ``options`` override the cloud's settings (e.g. ``compute_api_version``, ``api_timeout``,
+    ``timing``).
+    """
+    if clouds_yaml is not None:
+        config = OpenStackConfig(
+            config_files=[clouds_yaml], vendor_files=[], secure_files=[], load_envvars=False
+        )
+        settings: dict[str, Any] = {"cloud": cloud, **options}
+    else:
+        config = OpenStackConfig(load_yaml_config=False, load_envvars=False)
+        settings = {**_cloud_entry(clouds_yaml_content or "", cloud), **options}
+    with warnings.catch_warnings():
+        # openstacksdk 4.x warns about InfluxDB on every config, even with no InfluxDB set.
+        warnings.filterwarnings("ignore", message="Support for InfluxDB")
+        region = config.get_one(**settings)
+    return openstack.connection.Connection(config=region)
 
 
 def _cloud_entry(content: str, cloud: str | None) -> dict[str, Any]:
