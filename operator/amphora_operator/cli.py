@@ -72,6 +72,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _run(args)
 
 
+def _drop_tracking_successes(record: logging.LogRecord) -> bool:
+    """kopf logs every watch event's handler at INFO; for thousands of Amphorae that is noise."""
+    return not str(record.msg).startswith("Handler 'track' succeeded")
+
+
 def _run(args: argparse.Namespace) -> int:
     import kopf
 
@@ -88,6 +93,7 @@ def _run(args: argparse.Namespace) -> int:
         log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.PLAIN,
     )
     logging.getLogger("amphora_operator").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    logging.getLogger("kopf.objects").addFilter(_drop_tracking_successes)
     options = RunOptions(
         config=config,
         kubeconfig=args.kubeconfig,

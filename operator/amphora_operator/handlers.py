@@ -81,13 +81,13 @@ def make_registry(options: RunOptions) -> kopf.OperatorRegistry:
         assert runtime.controller is not None, "start-up has not run"
         return runtime.controller
 
-    @kopf.on.login(registry=registry)
+    @kopf.on.login(id="login", registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         if options.kubeconfig:  # an explicit file wins over in-cluster credentials
             return kopf.login_with_kubeconfig(**kwargs)
         return kopf.login_via_client(**kwargs)
 
-    @kopf.on.startup(registry=registry)
+    @kopf.on.startup(id="startup", registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.persistence.finalizer = f"{GROUP}/finalizer"
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -122,7 +122,7 @@ def make_registry(options: RunOptions) -> kopf.OperatorRegistry:
         )
         runtime.tasks.append(asyncio.create_task(runtime.controller.run_poller()))
 
-    @kopf.on.cleanup(registry=registry)
+    @kopf.on.cleanup(id="cleanup", registry=registry)
     async def cleanup(**_: Any) -> None:
         for task in runtime.tasks:
             task.cancel()
@@ -135,22 +135,22 @@ def make_registry(options: RunOptions) -> kopf.OperatorRegistry:
         if runtime.metrics_server is not None:
             runtime.metrics_server[0].shutdown()
 
-    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.event(GROUP, VERSION, PLURAL, id="track", registry=registry)
     def track(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         if event.get("type") == "DELETED":
             controller().forget(body["metadata"]["uid"])
         else:
             controller().track(dict(body))
 
-    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
-    @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry)
-    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
+    @kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
+    @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
     async def reconcile(body: kopf.Body, reason: str, **_: Any) -> None:
         started = time.perf_counter()
         await controller().reconcile(dict(body), trigger=str(reason))
         metrics.handler_seconds.labels(str(reason)).observe(time.perf_counter() - started)
 
-    @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.delete(GROUP, VERSION, PLURAL, id="finalize", registry=registry)
     async def delete(body: kopf.Body, **_: Any) -> None:
         started = time.perf_counter()
         waiting = await controller().finalize(dict(body))

@@ -246,3 +246,42 @@ def test_open_circuit_breaker_is_reported_and_stops_hammering(
     assert "circuit breaker" in condition(status, "BackendAvailable")["message"]
     log = operator.logs()
     assert log, "operator wrote no log"
+
+
+def test_metrics_and_health_endpoints(
+    start_operator: StartOperator, steps: Steps, tmp_path: Path
+) -> None:
+    import socket
+    import urllib.request
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+    metrics_port, health_port = free_port(), free_port()
+    operator = start_operator(
+        noop_config(tmp_path / "noop.json"),
+        extra_args=["--metrics-port", str(metrics_port), "--health-port", str(health_port)],
+    )
+    steps.apply(amphora("observed"))
+    steps.wait_phase("observed", "Ready")
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
+    text = metrics.read().decode()
+    for name in (
+        "amphora_reconcile_seconds_count",
+        "amphora_handler_seconds_bucket",
+        'amphora_driver_call_seconds_count{method="build_from",profile="noop"}',
+        "amphora_status_writes_total",
+        "amphora_breaker_open",
+    ):
+        assert name in text, f"{name} missing from /metrics"
+    deadline = time.monotonic() + 10
+    while 'amphora_amphorae{phase="Ready"} 1.0' not in text and time.monotonic() < deadline:
+        time.sleep(0.5)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read().decode()
+    assert 'amphora_amphorae{phase="Ready"} 1.0' in text
+    health = urllib.request.urlopen(f"http://127.0.0.1:{health_port}/healthz", timeout=5)
+    assert health.status == 200
+    assert '"amphorae": 1' in health.read().decode()
+    assert "Handler 'track' succeeded" not in operator.logs()
