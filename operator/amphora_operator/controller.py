@@ -92,6 +92,69 @@ class Tracked:
     body: dict[str, Any]
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     backend: Backend | None = None
+    #: Set after a pass that needed nothing: what a poll must see differ to plan again.
+    settled: Settled | None = None
+
+
+@dataclass(frozen=True)
+class Settled:
+    """A reconcile that ended with nothing to do, so a poll round can skip it cheaply.
+
+    Planning again would give the same answer while the body (resourceVersion) and what the
+    backend shows are unchanged, until the retry time (if any) comes.
+    """
+
+    resource_version: str
+    probe: Probe
+    observation: Observation
+    retry_at: datetime | None
+
+    def still_holds(self, body: dict[str, Any], index: InstanceIndex, now: datetime) -> bool:
+        return (
+            body["metadata"].get("resourceVersion") == self.resource_version
+            and (self.retry_at is None or now < self.retry_at)
+            and self.probe.read(index) == self.observation
+        )
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Where one Amphora's instances are looked up: by id, or by owner key before an id."""
+
+    current_id: str | None
+    current_owner: str | None
+    replacement_id: str | None
+    replacement_owner: str | None
+    retired: tuple[str, ...]
+
+    @classmethod
+    def of(cls, uid: str, spec: AmphoraSpec, status: AmphoraStatus) -> Probe:
+        rep = status.replacement
+        current_id = status.compute_id or spec.import_id
+        return cls(
+            current_id=current_id,
+            current_owner=None if current_id else owner_key(uid, status.revision),
+            replacement_id=rep.compute_id if rep else None,
+            replacement_owner=owner_key(uid, rep.revision) if rep and not rep.compute_id else None,
+            retired=tuple(status.retired),
+        )
+
+    def read(self, index: InstanceIndex) -> Observation | None:
+        """The observation from one listing; None when an id is not in it (look it up)."""
+        ids = [i for i in (self.current_id, self.replacement_id, *self.retired) if i]
+        if any(i not in index.by_id for i in ids):
+            return None
+
+        def pick(amphora_id: str | None, owner: str | None) -> AmphoraInstance | None:
+            if amphora_id is not None:
+                return index.by_id[amphora_id]
+            return index.by_owner.get(owner) if owner is not None else None
+
+        return Observation(
+            current=pick(self.current_id, self.current_owner),
+            replacement=pick(self.replacement_id, self.replacement_owner),
+            retired={rid: index.by_id[rid] for rid in self.retired},
+        )
 
 
 @dataclass
@@ -240,6 +303,12 @@ class Controller:
     async def _poll_reconcile(self, tracked: Tracked, index: InstanceIndex | None) -> None:
         if tracked.lock.locked():
             return  # a handler is on it right now
+        if (
+            index is not None
+            and tracked.settled is not None
+            and tracked.settled.still_holds(tracked.body, index, self.clock())
+        ):
+            return
         async with tracked.lock:
             if tracked.body["metadata"].get("deletionTimestamp"):
                 return
@@ -380,6 +449,14 @@ class Controller:
                 )
             status = result.status
             index = None
+            tracked.settled = None
+            if not result.actions:
+                tracked.settled = Settled(
+                    resource_version=tracked.body["metadata"].get("resourceVersion", ""),
+                    probe=Probe.of(uid, spec, status),
+                    observation=observation,
+                    retry_at=_parse_time(status.next_retry_time),
+                )
             if not any(isinstance(a, Build) for a in result.actions):
                 return
 
@@ -642,6 +719,10 @@ def _newer(candidate: dict[str, Any], known: dict[str, Any]) -> bool:
         )
     except (KeyError, ValueError):
         return True
+
+
+def _parse_time(stamp: str | None) -> datetime | None:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")) if stamp else None
 
 
 def _intent_changed(before: AmphoraStatus, after: AmphoraStatus) -> bool:
