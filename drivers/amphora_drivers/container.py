@@ -590,12 +590,12 @@ def _api_error(e: ApiException, what: str, error: type[AmphoraComputeError]) -> 
     status = e.status or 0
     reason: Reason | str
     if status == 401:
-        reason, retryable = "Unauthorized", False
+        reason, retryable = Reason.UNAUTHORIZED, False
         message += "; the driver's credentials were rejected"
     elif status == 403 and "exceeded quota" in detail:
         reason, retryable = Reason.QUOTA_EXCEEDED, True
     elif status == 403:
-        reason, retryable = "Forbidden", False
+        reason, retryable = Reason.FORBIDDEN, False
         message += "; grant the driver's identity the RBAC rules in the container driver's docs"
     elif status == 404:
         reason, retryable = Reason.NOT_FOUND, False

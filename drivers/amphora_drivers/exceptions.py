@@ -48,6 +48,8 @@ class Reason(StrEnum):
     NOT_SUSPENDED = "NotSuspended"
     AMBIGUOUS_MATCH = "AmbiguousMatch"
     CONFLICT = "Conflict"
+    UNAUTHORIZED = "Unauthorized"
+    FORBIDDEN = "Forbidden"
     BUILD_FAILED = "BuildFailed"
     DELETE_FAILED = "DeleteFailed"
     UNKNOWN = "Unknown"
