@@ -44,6 +44,7 @@ lint: venv
 
 crd: venv
 	$(BIN)/python -m amphora_operator.crd > crds/amphorae.amphora-operator.dev.yaml
+	bash deploy/sync-crds.sh
 
 bench: venv control-plane
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench.run

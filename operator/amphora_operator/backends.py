@@ -22,6 +22,7 @@ from amphora_drivers import (
     Reason,
     driver_class,
 )
+
 from amphora_operator.config import OperatorConfig, ProfileConfig
 from amphora_operator.metrics import Metrics
 
@@ -87,9 +88,12 @@ class Backend:
 class BackendPool:
     """Creates backends lazily, so a profile that is never used never needs credentials."""
 
-    def __init__(self, config: OperatorConfig, metrics: Metrics) -> None:
+    def __init__(self, config: OperatorConfig, metrics: Metrics, *, api_client: Any = None) -> None:
+        """``api_client`` is handed to drivers that take one (the container driver), so they
+        act with the operator's own Kubernetes credentials rather than ambient ones."""
         self.config = config
         self.metrics = metrics
+        self.api_client = api_client
         self.executor = ThreadPoolExecutor(
             max_workers=config.reconcile.concurrency, thread_name_prefix="driver"
         )
@@ -114,6 +118,8 @@ class BackendPool:
             options = dict(config.options)
             if scope is not None:
                 options["namespace"] = scope
+            if self.api_client is not None and _takes(cls, "api_client", config):
+                options["api_client"] = self.api_client
             self._backends[key] = Backend(
                 profile=profile,
                 driver=cls(**options),
@@ -139,6 +145,11 @@ class BackendPool:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
+def _takes(cls: type[AmphoraComputeDriver], name: str, config: ProfileConfig) -> bool:
+    """Whether the driver accepts ``name`` and the profile leaves it to the operator."""
+    return name in inspect.signature(cls).parameters and name not in config.options
+
+
 def _is_namespaced(cls: type[AmphoraComputeDriver], config: ProfileConfig) -> bool:
     """Drivers taking a ``namespace`` argument that the profile leaves open follow the Amphora."""
-    return "namespace" in inspect.signature(cls).parameters and "namespace" not in config.options
+    return _takes(cls, "namespace", config)

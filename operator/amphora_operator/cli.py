@@ -99,6 +99,8 @@ def _run(args: argparse.Namespace) -> int:
         kubeconfig=args.kubeconfig,
         metrics_port=args.metrics_port,
         leader_election=args.leader_election,
+        namespaces_exact=bool(args.namespace)
+        and not any(c in n for n in args.namespace for c in "*?[!"),
         lease_namespace=args.lease_namespace,
         identity=args.identity,
     )

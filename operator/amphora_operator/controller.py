@@ -555,7 +555,7 @@ class Controller:
             except NotImplementedError as e:
                 await self._build_failed(tracked, s, Reason.UNSUPPORTED_TYPE, str(e), now)
             except SecretNotFound as e:
-                await self._build_failed(tracked, s, "SecretNotFound", str(e), now)
+                await self._build_failed(tracked, s, e.reason, str(e), now)
             except ValidationError as e:
                 field_path, message = describe_validation_error(e)
                 text = f"{spec_field_path(field_path)}: {message.split(': ', 1)[-1]}"

@@ -39,6 +39,8 @@ class RunOptions:
     #: Port of the Prometheus /metrics endpoint; 0 disables it.
     metrics_port: int = 0
     leader_election: bool = False
+    #: True when --namespace names exact namespaces (no patterns): kopf need not scan.
+    namespaces_exact: bool = False
     lease_namespace: str = "default"
     identity: str = "amphora-operator"
 
@@ -46,6 +48,8 @@ class RunOptions:
 @dataclass
 class _Runtime:
     controller: Controller | None = None
+    #: Set while this replica may act (at once without leader election).
+    leading: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     metrics_server: Any = None
 
@@ -101,13 +105,9 @@ def make_registry(options: RunOptions) -> kopf.OperatorRegistry:
         settings.watching.reconnect_backoff = 1.0
         settings.networking.request_timeout = 30
         settings.posting.level = logging.WARNING
+        if options.namespaces_exact:
+            settings.scanning.disabled = True  # nothing to discover; saves a namespace list
         api = api_client_for(options.kubeconfig, settings_config.concurrency + 4)
-        if options.leader_election:
-            elector = LeaseElector(
-                api, namespace=options.lease_namespace, identity=options.identity
-            )
-            await elector.acquire()
-            runtime.tasks.append(asyncio.create_task(elector.keep()))
         if options.metrics_port:
             from prometheus_client import start_http_server
 
@@ -116,11 +116,30 @@ def make_registry(options: RunOptions) -> kopf.OperatorRegistry:
             )
         runtime.controller = Controller(
             config=options.config,
-            backends=BackendPool(options.config, metrics),
+            backends=BackendPool(options.config, metrics, api_client=api),
             kube=KubeGateway(api),
             metrics=metrics,
         )
-        runtime.tasks.append(asyncio.create_task(runtime.controller.run_poller()))
+        elector = (
+            LeaseElector(api, namespace=options.lease_namespace, identity=options.identity)
+            if options.leader_election
+            else None
+        )
+        # Start-up returns at once so that /healthz answers while a follower waits its turn.
+        runtime.tasks.append(asyncio.create_task(lead(runtime.controller, elector)))
+
+    async def lead(controller: Controller, elector: LeaseElector | None) -> None:
+        """Act only as the leader: handlers wait on ``leading``; the poller starts with it."""
+        if elector is not None:
+            await elector.acquire()
+        runtime.leading.set()
+        poller = asyncio.create_task(controller.run_poller())
+        try:
+            if elector is not None:
+                await elector.keep()
+            await poller
+        finally:
+            poller.cancel()
 
     @kopf.on.cleanup(id="cleanup", registry=registry)
     async def cleanup(**_: Any) -> None:
@@ -146,17 +165,23 @@ def make_registry(options: RunOptions) -> kopf.OperatorRegistry:
     @kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
     @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
     async def reconcile(body: kopf.Body, reason: str, **_: Any) -> None:
+        await runtime.leading.wait()
         started = time.perf_counter()
         await controller().reconcile(dict(body), trigger=str(reason))
         metrics.handler_seconds.labels(str(reason)).observe(time.perf_counter() - started)
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, id="finalize", registry=registry)
     async def delete(body: kopf.Body, **_: Any) -> None:
+        await runtime.leading.wait()
         started = time.perf_counter()
         waiting = await controller().finalize(dict(body))
         metrics.handler_seconds.labels("delete").observe(time.perf_counter() - started)
         if waiting is not None:
             raise kopf.TemporaryError(waiting, delay=settings_config.delete_retry)
+
+    @kopf.on.probe(id="leading", registry=registry)
+    def leading(**_: Any) -> bool:
+        return runtime.leading.is_set()
 
     @kopf.on.probe(id="amphorae", registry=registry)
     def tracked(**_: Any) -> int:

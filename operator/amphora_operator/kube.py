@@ -21,7 +21,11 @@ log = logging.getLogger(__name__)
 
 
 class SecretNotFound(LookupError):
-    """A referenced Secret or key is missing; the message names the spec field."""
+    """A referenced Secret or key is missing or unreadable; the message names the spec field."""
+
+    def __init__(self, message: str, reason: str = "SecretNotFound") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class KubeGateway:
@@ -47,6 +51,12 @@ class KubeGateway:
         except client.ApiException as e:
             if e.status == 404:
                 raise SecretNotFound(f"{field}: Secret {ref_name!r} not found") from e
+            if e.status == 403:
+                raise SecretNotFound(
+                    f"{field}: the operator may not read Secrets in namespace {namespace!r}; "
+                    "bind it the amphora-operator-secret-refs role (examples/tenant-rbac.yaml)",
+                    reason="SecretForbidden",
+                ) from e
             raise
         data = secret.data or {}
         if key not in data:
