@@ -98,6 +98,9 @@ class BackendPool:
             max_workers=config.reconcile.concurrency, thread_name_prefix="driver"
         )
         self._backends: dict[tuple[str, str | None], Backend] = {}
+        #: Per profile: the driver class and whether it follows the Amphora's namespace.
+        #: Entry-point lookup scans installed metadata, far too slow for every reconcile.
+        self._classes: dict[str, tuple[type[AmphoraComputeDriver], bool]] = {}
 
     def profile_for(self, spec_type: str, explicit: str | None) -> str:
         name = explicit or self.config.defaults.get(spec_type)  # type: ignore[call-overload]
@@ -111,8 +114,11 @@ class BackendPool:
     def get(self, profile: str, namespace: str) -> Backend:
         """The backend for ``profile``; namespaced drivers get one per Amphora namespace."""
         config = self.config.profiles[profile]
-        cls = driver_class(config.driver)
-        scope = namespace if _is_namespaced(cls, config) else None
+        if profile not in self._classes:
+            cls = driver_class(config.driver)
+            self._classes[profile] = (cls, _is_namespaced(cls, config))
+        cls, namespaced = self._classes[profile]
+        scope = namespace if namespaced else None
         key = (profile, scope)
         if key not in self._backends:
             options = dict(config.options)

@@ -437,7 +437,11 @@ class Controller:
                 await self._write(tracked, result.status)
             if result.actions:
                 await self._act(tracked, backend, spec, result)
-            await self._write(tracked, result.status)
+            built = any(isinstance(a, Build) for a in result.actions)
+            if not (built and _attempt == 0):
+                # After a first build the next pass writes (the owner key makes the id
+                # recoverable meanwhile), so an instantly ACTIVE build costs one write.
+                await self._write(tracked, result.status)
             for type_, reason, message in result.events:
                 self._event(tracked, type_, reason, message)
             if result.status.phase != previous_phase and result.status.phase in _STABLE:
@@ -457,7 +461,7 @@ class Controller:
                     observation=observation,
                     retry_at=_parse_time(status.next_retry_time),
                 )
-            if not any(isinstance(a, Build) for a in result.actions):
+            if not built:
                 return
 
     async def _observe(
