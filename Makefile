@@ -14,7 +14,7 @@ $(BIN)/python:
 
 # Install the project and its test tools (re-run when pyproject.toml changes).
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $@
 
 venv: $(VENV)/.installed

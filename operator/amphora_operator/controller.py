@@ -199,6 +199,9 @@ class Controller:
             max_workers=config.reconcile.concurrency, thread_name_prefix="kube"
         )
         self._semaphore: asyncio.Semaphore | None = None
+        #: Amphorae with a reconcile requested (uid → trigger) and their running tasks.
+        self._dirty: dict[str, str] = {}
+        self._running: dict[str, asyncio.Task[None]] = {}
 
     # -- tracking (from kopf watch events) --------------------------------------------------
 
@@ -218,16 +221,47 @@ class Controller:
 
     # -- triggers ---------------------------------------------------------------------------
 
-    async def reconcile(self, body: dict[str, Any], trigger: str) -> None:
-        """Reconcile one Amphora now (handler path: targeted lookups)."""
+    def submit(self, body: dict[str, Any], trigger: str) -> None:
+        """Schedule a reconcile of this Amphora and return at once (the handler path).
+
+        Driver and API calls then run in a background task, so a kopf handler never waits for
+        a backend. Requests arriving while one runs coalesce into one more pass. Nothing is
+        lost if the process dies first: kopf's resume handler and the poller reconcile every
+        Amphora again after a restart.
+        """
         self.track(body)
-        tracked = self._tracked[body["metadata"]["uid"]]
+        uid = body["metadata"]["uid"]
+        self._dirty[uid] = trigger
+        if uid not in self._running:
+            task = asyncio.create_task(self._drain(uid))
+            self._running[uid] = task
+
+    async def _drain(self, uid: str) -> None:
+        try:
+            while uid in self._dirty:
+                trigger = self._dirty.pop(uid)
+                await self.reconcile(uid, trigger)
+        except Exception:  # the poller will retry; never lose the task's error silently
+            log.exception("reconcile failed", extra={"uid": uid})
+        finally:
+            self._running.pop(uid, None)
+
+    async def reconcile(self, uid: str, trigger: str) -> None:
+        """Reconcile one tracked Amphora now, with targeted lookups."""
+        tracked = self._tracked.get(uid)
+        if tracked is None:
+            return
         started = time.perf_counter()
         async with tracked.lock:
             if not tracked.body["metadata"].get("deletionTimestamp"):
-                await self._reconcile_locked(tracked, index=None)
+                await self._limited(self._reconcile_locked(tracked, index=None))
         self.metrics.reconcile_seconds.labels(trigger).observe(time.perf_counter() - started)
         self._wake_poller()
+
+    async def settle(self) -> None:
+        """Wait until every scheduled reconcile has run (for shutdown and tests)."""
+        while self._running:
+            await asyncio.gather(*list(self._running.values()), return_exceptions=True)
 
     async def finalize(self, body: dict[str, Any]) -> str | None:
         """Delete what the Amphora owns; return why it must wait, or None when done."""

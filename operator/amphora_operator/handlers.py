@@ -152,6 +152,8 @@ def make_registry(options: RunOptions) -> kopf.OperatorRegistry:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if runtime.controller is not None:
+            with contextlib.suppress(TimeoutError):  # what is cut short reruns at next start
+                await asyncio.wait_for(runtime.controller.settle(), 10)
             runtime.controller.backends.close()
             runtime.controller.close()
         if runtime.metrics_server is not None:
@@ -170,7 +172,7 @@ def make_registry(options: RunOptions) -> kopf.OperatorRegistry:
     async def reconcile(body: kopf.Body, reason: str, **_: Any) -> None:
         await runtime.leading.wait()
         started = time.perf_counter()
-        await controller().reconcile(dict(body), trigger=str(reason))
+        controller().submit(dict(body), trigger=str(reason))
         metrics.handler_seconds.labels(str(reason)).observe(time.perf_counter() - started)
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, id="finalize", registry=registry)
