@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# The one-command demo (`make demo` / `make demo-down`).
+#
+#   up    build or reuse the local control plane (state in .local/demo/), install the CRD,
+#         start the operator in the background with hack/demo-config.yaml, apply examples/
+#         and show the Amphorae reaching Ready.
+#   down  stop the operator and the control plane and remove .local/demo/.
+#
+# Running `up` again reuses the control plane and restarts the operator (so it runs the current
+# code); examples/ is re-applied unchanged.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+state="$repo/.local/demo"
+config="$repo/hack/demo-config.yaml"
+crd="$repo/crds/amphorae.amphora-operator.dev.yaml"
+pid_file="$state/operator.pid"
+log_file="$state/operator.log"
+ready_timeout=${DEMO_READY_TIMEOUT:-120}
+# `make demo` puts the venv first on PATH; do the same when the script is run directly.
+[ -x "$repo/.venv/bin/python" ] && PATH="$repo/.venv/bin:$PATH"
+export KUBECONFIG="$state/kubeconfig"
+
+if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold='' plain=''; fi
+step() { printf '%s==> %s%s\n' "$bold" "$*" "$plain"; }
+die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
+
+# The pid in the pid file, if that process is still our operator (guards against pid reuse).
+operator_pid() {
+  local pid
+  [ -f "$pid_file" ] || return 1
+  pid=$(cat "$pid_file")
+  [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q 'amphora_operator.cli run' \
+    && echo "$pid"
+}
+
+stop_operator() {
+  local pid
+  if pid=$(operator_pid); then
+    step "stopping the operator (pid $pid)"
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 150); do [ -d "/proc/$pid" ] || break; sleep 0.1; done
+    if [ -d "/proc/$pid" ]; then kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true; fi
+  fi
+  rm -f "$pid_file"
+}
+
+free_port() { python -c 'from amphora_devtools.control_plane import free_port; print(free_port())'; }
+
+# Wait until http://127.0.0.1:$1/healthz answers; fail with the log tail if the operator died.
+wait_healthy() {
+  local port=$1 pid=$2
+  for _ in $(seq 300); do
+    [ -d "/proc/$pid" ] || { tail -n 30 "$log_file" >&2; die "the operator exited; log: $log_file"; }
+    if python -c "import sys, urllib.request as u; u.urlopen(sys.argv[1], timeout=2)" \
+      "http://127.0.0.1:$port/healthz" 2>/dev/null; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  tail -n 30 "$log_file" >&2
+  die "the operator did not answer /healthz within 30 s; log: $log_file"
+}
+
+up() {
+  local started=$SECONDS
+  mkdir -p "$state"
+
+  step "control plane (first run builds it from Go sources: minutes; cached afterwards)"
+  if ! python -m amphora_devtools.control_plane up --state-dir "$state" | sed 's/^/    /'; then
+    # Ports are picked free then bound by each component: another process can take one in
+    # between ("address already in use"), so one retry with fresh ports is worth it.
+    step "control plane: retrying once with fresh ports"
+    python -m amphora_devtools.control_plane up --state-dir "$state" | sed 's/^/    /' \
+      || die "the control plane did not start; logs in $state/logs"
+  fi
+
+  step "installing the Amphora CRD"
+  kubectl apply -f "$crd" | sed 's/^/    /'
+  kubectl wait --for=condition=Established --timeout=60s crd/amphorae.amphora-operator.dev >/dev/null
+
+  stop_operator
+  local metrics_port health_port pid
+  metrics_port=$(free_port)
+  health_port=$(free_port)
+  step "starting the operator (noop driver for VM/BareMetal, container driver for Container)"
+  # In $state, where the config's relative noop state file lives; setsid makes the operator
+  # lead its own process group, so `down` stops it whole. exec keeps $! the operator's pid.
+  (cd "$state" && exec setsid python -m amphora_operator.cli run --config "$config" \
+    --kubeconfig "$KUBECONFIG" --metrics-port "$metrics_port" --health-port "$health_port" \
+    --log-format plain </dev/null >>"$log_file" 2>&1) &
+  pid=$!
+  echo "$pid" >"$pid_file"
+  wait_healthy "$health_port" "$pid"
+  echo "    pid $pid, log $log_file, metrics http://127.0.0.1:$metrics_port/metrics"
+
+  step "applying examples/ (VM, BareMetal, Container and Secret-based Amphorae)"
+  kubectl apply -f "$repo/examples" | sed 's/^/    /'
+
+  step "waiting for every Amphora to be Ready (at most ${ready_timeout} s)"
+  local deadline=$((SECONDS + ready_timeout)) phases previous='' total pending
+  while :; do
+    phases=$(kubectl get amphorae -A -o jsonpath='{range .items[*]}{.status.phase}{"\n"}{end}')
+    total=$(grep -c . <<<"$phases" || true)
+    pending=$(grep -cvx 'Ready' <<<"$phases" || true)
+    if [ "$phases" != "$previous" ]; then
+      printf '    [%3ds] %s\n' "$((SECONDS - started))" \
+        "$(sort <<<"$phases" | uniq -c | awk '{printf "%s%s=%s", sep, ($2 == "" ? "Pending" : $2), $1; sep=", "}')"
+      previous=$phases
+    fi
+    [ "$total" -gt 0 ] && [ "$pending" -eq 0 ] && break
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      kubectl get amphorae -A -o wide
+      tail -n 30 "$log_file" >&2
+      die "not all Amphorae were Ready after ${ready_timeout} s; see kubectl describe amphorae and $log_file"
+    fi
+    sleep 1
+  done
+  echo
+  kubectl get amphorae -A -o wide
+  echo
+  step "demo ready in $((SECONDS - started)) s"
+  cat <<EOF
+    export KUBECONFIG=$KUBECONFIG
+    kubectl get amphorae -o wide        # the table above
+    kubectl describe amphora <name>     # conditions and events
+    tail -f $log_file
+    make demo-down                      # stop everything and remove ${state#"$repo"/}/
+EOF
+}
+
+down() {
+  stop_operator
+  if [ -f "$state/state.json" ]; then
+    step "stopping the control plane"
+    python -m amphora_devtools.control_plane down --state-dir "$state" | sed 's/^/    /'
+  fi
+  step "removing ${state#"$repo"/}/"
+  rm -rf "$state"
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  *) die "usage: $0 up|down" ;;
+esac
