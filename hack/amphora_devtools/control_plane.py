@@ -70,6 +70,9 @@ def _quiet(_: str) -> None:
     """Library default: report nothing; the CLI passes ``print``."""
 
 
+_START_ATTEMPTS = 3
+
+
 class ControlPlaneError(RuntimeError):
     """A component failed to build, start or become ready; the message carries its log tail."""
 
@@ -245,12 +248,21 @@ class LocalControlPlane:
         if self._pids and all(s.running for s in self.status().values()) and self.is_ready():
             progress(f"already running: {self.server}")
             return
-        self.down()
-        try:
-            self._up(progress, timeout)
-        except BaseException:
+        for attempt in range(1, _START_ATTEMPTS + 1):
             self.down()
-            raise
+            try:
+                self._up(progress, timeout)
+                return
+            except ControlPlaneError as error:
+                self.down()
+                if attempt == _START_ATTEMPTS:
+                    raise
+                # Free ports are picked before the processes bind them; another process can
+                # take one meanwhile. A fresh set of ports is the fix.
+                progress(f"start failed ({str(error).splitlines()[0]}); retrying")
+            except BaseException:
+                self.down()
+                raise
 
     def _up(self, progress: Progress, timeout: float) -> None:
         if self._bin_dir is None:
