@@ -94,9 +94,8 @@ class BackendPool:
         self.config = config
         self.metrics = metrics
         self.api_client = api_client
-        self.executor = ThreadPoolExecutor(
-            max_workers=config.reconcile.concurrency, thread_name_prefix="driver"
-        )
+        # One pool per profile (a bulkhead): a hung backend can only hold its own threads.
+        self._executors: dict[str, ThreadPoolExecutor] = {}
         self._backends: dict[tuple[str, str | None], Backend] = {}
         #: Per profile: the driver class and whether it follows the Amphora's namespace.
         #: Entry-point lookup scans installed metadata, far too slow for every reconcile.
@@ -126,6 +125,11 @@ class BackendPool:
                 options["namespace"] = scope
             if self.api_client is not None and _takes(cls, "api_client", config):
                 options["api_client"] = self.api_client
+            if profile not in self._executors:
+                self._executors[profile] = ThreadPoolExecutor(
+                    max_workers=self.config.reconcile.concurrency,
+                    thread_name_prefix=f"driver-{profile}",
+                )
             self._backends[key] = Backend(
                 profile=profile,
                 driver=cls(**options),
@@ -136,7 +140,7 @@ class BackendPool:
                     ),
                     name=profile,
                 ),
-                executor=self.executor,
+                executor=self._executors[profile],
                 timeout=self.config.reconcile.driver_call_timeout,
                 metrics=self.metrics,
             )
@@ -148,7 +152,8 @@ class BackendPool:
     def close(self) -> None:
         for backend in self._backends.values():
             backend.driver.close()
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        for executor in self._executors.values():
+            executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _takes(cls: type[AmphoraComputeDriver], name: str, config: ProfileConfig) -> bool:

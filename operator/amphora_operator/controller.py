@@ -41,7 +41,7 @@ from amphora_operator.conditions import now_rfc3339, set_condition
 from amphora_operator.config import OperatorConfig
 from amphora_operator.kube import KubeGateway, SecretNotFound
 from amphora_operator.metrics import Metrics
-from amphora_operator.model import AmphoraSpec, AmphoraStatus, Phase
+from amphora_operator.model import FINALIZER, AmphoraSpec, AmphoraStatus, Phase
 from amphora_operator.planner import (
     Build,
     Delete,
@@ -94,6 +94,8 @@ class Tracked:
     backend: Backend | None = None
     #: Set after a pass that needed nothing: what a poll must see differ to plan again.
     settled: Settled | None = None
+    #: The object is gone from the API: never act for it again.
+    gone: bool = False
 
 
 @dataclass(frozen=True)
@@ -273,6 +275,34 @@ class Controller:
             self.forget(body["metadata"]["uid"])
         return result
 
+    async def vanished(self, body: dict[str, Any]) -> None:
+        """The object is gone. If it went without ever being marked for deletion although our
+        finalizer was on it, our clean-up never ran (the apiserver deletes at once when a
+        DELETE races the finalizer being added): run it now, after any reconcile in flight,
+        best effort."""
+        uid = body["metadata"]["uid"]
+        tracked = self._tracked.get(uid) or Tracked(body=copy.deepcopy(body))
+        async with tracked.lock:
+            tracked.gone = True
+            if _newer(body, tracked.body):
+                tracked.body = copy.deepcopy(body)
+            meta = body["metadata"]
+            # With our finalizer but never marked for deletion: the apiserver deleted it at once
+            # (a normal deletion shows its deletionTimestamp in the DELETED event).
+            if FINALIZER in (meta.get("finalizers") or []) and not meta.get("deletionTimestamp"):
+                log.warning(
+                    "deleted without clean-up; deleting its instances now",
+                    extra={
+                        "amphora": f"{body['metadata'].get('namespace')}/"
+                        f"{body['metadata'].get('name')}"
+                    },
+                )
+                try:
+                    await self._finalize_locked(tracked)
+                except Exception:
+                    log.warning("clean-up after an unfinalized deletion failed", exc_info=True)
+        self.forget(uid)
+
     async def run_poller(self) -> None:
         """Poll backends for ever (cancelled at operator shutdown)."""
         self._wake = asyncio.Event()
@@ -344,7 +374,7 @@ class Controller:
         ):
             return
         async with tracked.lock:
-            if tracked.body["metadata"].get("deletionTimestamp"):
+            if tracked.gone or tracked.body["metadata"].get("deletionTimestamp"):
                 return
             started = time.perf_counter()
             await self._limited(self._reconcile_locked(tracked, index=index))
@@ -467,6 +497,10 @@ class Controller:
             )
             self._backend_condition(result.status, tracked, None)
             previous_phase = tracked.body.get("status", {}).get("phase")
+            if any(isinstance(a, Build) for a in result.actions) and not (
+                await self._ensure_finalizer(tracked)
+            ):
+                return  # gone, being deleted or changed meanwhile: never build for it
             if _intent_changed(status, result.status) and result.actions:
                 await self._write(tracked, result.status)
             if result.actions:
@@ -497,6 +531,27 @@ class Controller:
                 )
             if not built:
                 return
+
+    async def _ensure_finalizer(self, tracked: Tracked) -> bool:
+        """Our finalizer is on the object before anything is built for it (kopf may not have
+        added it yet), so that a deletion can never skip the clean-up."""
+        meta = tracked.body["metadata"]
+        finalizers = list(meta.get("finalizers") or [])
+        if FINALIZER in finalizers:
+            return True
+        if meta.get("deletionTimestamp"):
+            return False
+        body = await self._kube(
+            self.kube.add_finalizer,
+            meta["namespace"],
+            meta["name"],
+            meta["resourceVersion"],
+            [*finalizers, FINALIZER],
+        )
+        if body is None:
+            return False
+        tracked.body = body
+        return True
 
     async def _observe(
         self,
@@ -674,6 +729,15 @@ class Controller:
             return None  # it never passed validation, so nothing was ever built
         to_delete, present = plan_deletion(spec=spec, status=status, observation=Observation())
         if not to_delete and not present and spec.deletion_policy.value == "Orphan":
+            if status.replacement is not None or status.retired:
+                try:  # best effort: Orphan never waits for the backend
+                    backend = self._resolve(tracked, spec)
+                    observation = await self._observe(backend, meta["uid"], spec, status, None)
+                    extras, _ = plan_deletion(spec=spec, status=status, observation=observation)
+                    for amphora_id in extras:
+                        await backend.call("delete", amphora_id)
+                except Exception:
+                    log.warning("Orphan: leftover instances not deleted", exc_info=True)
             if status.compute_id:
                 self._event(
                     tracked,

@@ -23,7 +23,7 @@ from amphora_operator.controller import Controller
 from amphora_operator.kube import KubeGateway
 from amphora_operator.leader import LeaseElector
 from amphora_operator.metrics import Metrics
-from amphora_operator.model import GROUP, PLURAL, VERSION
+from amphora_operator.model import FINALIZER, GROUP, PLURAL, VERSION
 
 __all__ = ["RunOptions", "make_registry"]
 
@@ -93,7 +93,7 @@ def make_registry(options: RunOptions) -> kopf.OperatorRegistry:
 
     @kopf.on.startup(id="startup", registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-        settings.persistence.finalizer = f"{GROUP}/finalizer"
+        settings.persistence.finalizer = FINALIZER
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
             prefix=GROUP, key="last-handled-configuration"
@@ -160,9 +160,13 @@ def make_registry(options: RunOptions) -> kopf.OperatorRegistry:
             runtime.metrics_server[0].shutdown()
 
     @kopf.on.event(GROUP, VERSION, PLURAL, id="track", registry=registry)
-    def track(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    async def track(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         if event.get("type") == "DELETED":
-            controller().forget(body["metadata"]["uid"])
+            if runtime.leading.is_set():  # clean up what a racing deletion skipped
+                # The event's own object: its last state, as the apiserver deleted it.
+                await controller().vanished(dict(event.get("object") or body))
+            else:
+                controller().forget(body["metadata"]["uid"])
         else:
             controller().track(dict(body))
 

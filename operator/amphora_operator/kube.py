@@ -44,6 +44,26 @@ class KubeGateway:
         )
         return cast(dict[str, Any], result)
 
+    def add_finalizer(
+        self, namespace: str, name: str, resource_version: str, finalizers: list[str]
+    ) -> dict[str, Any] | None:
+        """Set ``metadata.finalizers`` if the object is unchanged since ``resource_version``;
+        return the updated object, or None when it changed, is gone or is being deleted."""
+        patch: list[dict[str, Any]] = [
+            {"op": "test", "path": "/metadata/resourceVersion", "value": resource_version},
+            {"op": "add", "path": "/metadata/finalizers", "value": finalizers},
+        ]
+        try:
+            result = self.custom.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name, patch,
+                _content_type="application/json-patch+json",
+            )  # fmt: skip
+        except client.ApiException as e:
+            if e.status in (404, 409, 422):
+                return None
+            raise
+        return cast(dict[str, Any], result)
+
     def read_secret_key(self, namespace: str, ref_name: str, key: str, field: str) -> bytes:
         """Return the decoded value of one Secret key; SecretNotFound names ``field``."""
         try:

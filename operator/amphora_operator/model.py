@@ -49,6 +49,8 @@ VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "Amphora"
 PLURAL = "amphorae"
+#: The finalizer that keeps an Amphora until its instances are gone (kopf's and ours).
+FINALIZER = f"{GROUP}/finalizer"
 SINGULAR = "amphora"
 SHORT_NAMES = ["amp"]
 

@@ -177,8 +177,11 @@ def plan(
             s.compute_id, s.spec_hash = current.id, wanted_hash
             out.events.append(("Normal", "Imported", f"adopted instance {current.id}"))
         elif current is not None and not _gone(current):
-            # Built before a crash; the first build records no intent, so it is from this spec.
-            s.compute_id, s.spec_hash = current.id, s.spec_hash or wanted_hash
+            # Built before a crash. Its spec hash is known if it was written; if not, it was
+            # built from generation 1, which is this spec only if the spec never changed.
+            s.compute_id = current.id
+            if s.spec_hash is None:
+                s.spec_hash = wanted_hash if generation <= 1 else "unknown"
             out.events.append(("Normal", "Adopted", f"found instance {current.id} by owner"))
         elif not managed:
             return _failed(out, spec, generation, stamp, "ImportNotFound", "nothing to observe")
@@ -438,14 +441,16 @@ def plan_deletion(
     The finalizer is released when the second list is empty. Orphan (or ObserveOnly) leaves
     every instance and returns nothing to wait for.
     """
-    if spec is not None and (
-        spec.deletion_policy.value == "Orphan"
-        or spec.management_policy is ManagementPolicy.OBSERVE_ONLY
-    ):
+    if spec is not None and spec.management_policy is ManagementPolicy.OBSERVE_ONLY:
         return [], []
     present: dict[str, AmphoraInstance] = {}
     for instance in (observation.current, observation.replacement, *observation.retired.values()):
         if instance is not None and instance.state is not AmphoraState.DELETED:
             present[instance.id] = instance
     to_delete = [i for i, inst in present.items() if inst.state is not AmphoraState.DELETING]
+    if spec is not None and spec.deletion_policy.value == "Orphan":
+        # Orphan leaves THE instance; replaced, retired or half-built ones are the operator's
+        # own garbage: delete them (best effort) and never wait.
+        keep = observation.current.id if observation.current is not None else None
+        return [i for i in to_delete if i != keep], []
     return to_delete, list(present)

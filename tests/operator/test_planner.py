@@ -60,11 +60,22 @@ def test_new_amphora_builds_revision_zero() -> None:
 
 def test_instance_found_by_owner_is_adopted_not_rebuilt() -> None:
     found = instance("a", AmphoraState.ACTIVE, owner=owner_key(UID, 0))
-    result = run(spec(), AmphoraStatus(), Observation(current=found))
+    result = plan(spec=spec(), status=AmphoraStatus(), observation=Observation(current=found),
+                  generation=1, profile="noop", now=NOW, retry_base=10, retry_max=300)  # fmt: skip
     assert result.actions == []
     assert result.status.compute_id == "a"
     assert result.status.phase is Phase.READY
     assert ("Normal", "Adopted", "found instance a by owner") in result.events
+
+
+def test_adopted_instance_of_an_older_generation_is_replaced() -> None:
+    """A crash before the first status write hides which spec the instance came from: when
+    the spec has changed since (generation > 1), the adopted instance is rolled out again."""
+    found = instance("a", AmphoraState.ACTIVE, owner=owner_key(UID, 0))
+    result = run(spec(), AmphoraStatus(), Observation(current=found))  # generation 3
+    assert result.status.compute_id == "a"
+    assert result.actions == [Build(1, replacement=True)]
+    assert result.status.phase is Phase.UPDATING
 
 
 def test_active_instance_is_ready_with_addresses() -> None:
