@@ -69,7 +69,7 @@ class Backend:
             self.breaker.record_failure(Reason.TIMEOUT)
             self.metrics.driver_errors.labels(self.profile, method, Reason.TIMEOUT).inc()
             raise AmphoraComputeError(
-                f"{self.profile}.{method} did not answer within {self.timeout:.0f} s",
+                f"{self.profile}.{method} did not answer within {self.timeout:g} s",
                 reason=Reason.TIMEOUT,
                 retryable=True,
             ) from e

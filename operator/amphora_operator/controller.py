@@ -339,7 +339,9 @@ class Controller:
                 continue
             index = InstanceIndex.of(instances)
             jobs.extend(self._poll_reconcile(t, index) for t in items)
-        await asyncio.gather(*jobs)
+        for failure in await asyncio.gather(*jobs, return_exceptions=True):
+            if isinstance(failure, Exception):  # one Amphora's trouble must not stop the round
+                log.warning("reconcile in poll round failed", exc_info=failure)
         phases: dict[str, int] = {p.value: 0 for p in Phase}
         busy = False
         for tracked in self._tracked.values():

@@ -59,7 +59,7 @@ SSH_KEY_PATTERN = (
     r"|sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+=*( [^\n]*)?$"
 )
 ABSOLUTE_PATH_PATTERN = r"^(/[^/]+)+$"
-TAG_PATTERN = r"^[^/,]+$"
+TAG_PATTERN = r"^[^/,\x00-\x1f]+$"
 
 
 def _cel(rule: str, message: str, **extra: str) -> JsonDict:
@@ -299,7 +299,7 @@ class AmphoraSpec(_Model):
         Field(
             description="Image: a Nova image id, name or tag, or a container image reference.",
             min_length=1,
-            max_length=1024,
+            max_length=255,
         ),
     ]
     networks: Annotated[
@@ -358,8 +358,12 @@ class AmphoraSpec(_Model):
     tags: Annotated[
         list[Annotated[str, Field(min_length=1, max_length=MAX_TAG_LENGTH, pattern=TAG_PATTERN)]],
         Field(
-            description=f"Tags put on the instance (at most {MAX_TAGS}, no '/' or ',').",
-            max_length=MAX_TAGS - 2,
+            description=(
+                f"Tags put on the instance (at most {MAX_TAGS - 3}; no '/', ',' or control "
+                "characters)."
+            ),
+            # Drivers add up to three tags of their own (owner, type, managed-by).
+            max_length=MAX_TAGS - 3,
             json_schema_extra={"x-kubernetes-list-type": "set"},
         ),
     ] = []
