@@ -31,17 +31,27 @@ class SecretNotFound(LookupError):
 class KubeGateway:
     """Synchronous Kubernetes calls (run them in a thread)."""
 
-    def __init__(self, api_client: client.ApiClient, *, component: str = "amphora-operator"):
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        *,
+        component: str = "amphora-operator",
+        request_timeout: float = 30.0,
+    ) -> None:
+        """``request_timeout`` (seconds) bounds every call, so a partition from the apiserver
+        never holds an Amphora's lock for ever."""
         self.api_client = api_client
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
         self.component = component
+        self.request_timeout = request_timeout
 
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
         """Merge-patch ``status`` (None values remove fields); return the updated object."""
         result = self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name, {"status": status}
-        )
+            GROUP, VERSION, namespace, PLURAL, name, {"status": status},
+            _request_timeout=self.request_timeout,
+        )  # fmt: skip
         return cast(dict[str, Any], result)
 
     def add_finalizer(
@@ -56,7 +66,7 @@ class KubeGateway:
         try:
             result = self.custom.patch_namespaced_custom_object(
                 GROUP, VERSION, namespace, PLURAL, name, patch,
-                _content_type="application/json-patch+json",
+                _content_type="application/json-patch+json", _request_timeout=self.request_timeout,
             )  # fmt: skip
         except client.ApiException as e:
             if e.status in (404, 409, 422):
@@ -67,7 +77,9 @@ class KubeGateway:
     def read_secret_key(self, namespace: str, ref_name: str, key: str, field: str) -> bytes:
         """Return the decoded value of one Secret key; SecretNotFound names ``field``."""
         try:
-            secret = self.core.read_namespaced_secret(ref_name, namespace)
+            secret = self.core.read_namespaced_secret(
+                ref_name, namespace, _request_timeout=self.request_timeout
+            )
         except client.ApiException as e:
             if e.status == 404:
                 raise SecretNotFound(f"{field}: Secret {ref_name!r} not found") from e
@@ -107,6 +119,8 @@ class KubeGateway:
             reporting_component=self.component,
         )
         try:
-            self.core.create_namespaced_event(meta.get("namespace"), event)
+            self.core.create_namespaced_event(
+                meta.get("namespace"), event, _request_timeout=self.request_timeout
+            )
         except client.ApiException as e:
             log.warning("event not recorded", extra={"reason": reason, "status": e.status})
