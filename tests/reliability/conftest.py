@@ -5,17 +5,15 @@ and the figures (kills, Amphorae, duplicates, orphans, times to converge) printe
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client as k8s
 from kubernetes.client import ApiClient
 
 from tests.fixtures.control_plane import Cluster
-from tests.fixtures.operator import GROUP, PLURAL, VERSION, OperatorProcess, noop_config
+from tests.fixtures.operator import OperatorProcess, noop_config, tear_down
 from tests.operator.scenario import Steps
 from tests.reliability.support import FIGURES, Fleet
 
@@ -80,29 +78,7 @@ def launch(
         return operator
 
     yield start
-    api = k8s.CustomObjectsApi(kube_api)
-    try:
-        if any(o.process is not None and o.process.poll() is None for o in started):
-            api.delete_collection_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
-            deadline = time.monotonic() + 20
-            while (
-                time.monotonic() < deadline
-                and api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
-            ):
-                time.sleep(0.2)
-    finally:
-        failed = getattr(request.node, "rep_call", None)
-        for operator in started:
-            operator.stop()
-            if failed is not None and failed.failed:
-                print(f"--- operator log ({operator.workdir})\n{operator.logs()[-6000:]}")
-        for leftover in api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)[
-            "items"
-        ]:
-            api.patch_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, leftover["metadata"]["name"],
-                {"metadata": {"finalizers": None}},
-            )  # fmt: skip
+    tear_down(kube_api, namespace, started, request, wait=20)
 
 
 def pytest_terminal_summary(
