@@ -53,6 +53,7 @@ from amphora_operator.planner import (
     mark_failed,
     next_retry,
     owner_key,
+    parse_time,
     plan,
     plan_deletion,
 )
@@ -452,31 +453,21 @@ class Controller:
             spec = AmphoraSpec.model_validate(tracked.body.get("spec") or {})
         except ValidationError as e:
             _field_path, message = describe_validation_error(e)
-            mark_failed(
-                status,
-                reason="InvalidSpec",
-                message=f"spec.{message}",
-                generation=generation,
-                stamp=stamp,
-            )
-            await self._write(tracked, status)
-            return
-        try:
-            backend = self._resolve(tracked, spec)
-        except (UnknownProfileError, UnknownDriverError) as e:
-            mark_failed(
-                status, reason="UnknownDriver", message=str(e), generation=generation, stamp=stamp
-            )
-            await self._write(tracked, status)
-            return
-        except Exception as e:  # a driver constructor failed: credentials, config...
-            mark_failed(
-                status,
-                reason="DriverUnavailable",
-                message=f"compute profile could not start: {type(e).__name__}: {e}",
-                generation=generation,
-                stamp=stamp,
-            )
+            failure: tuple[str, str] | None = ("InvalidSpec", f"spec.{message}")
+        else:
+            try:
+                backend = self._resolve(tracked, spec)
+                failure = None
+            except (UnknownProfileError, UnknownDriverError) as e:
+                failure = ("UnknownDriver", str(e))
+            except Exception as e:  # a driver constructor failed: credentials, config...
+                failure = (
+                    "DriverUnavailable",
+                    f"compute profile could not start: {type(e).__name__}: {e}",
+                )
+        if failure is not None:
+            reason, message = failure
+            mark_failed(status, reason=reason, message=message, generation=generation, stamp=stamp)
             await self._write(tracked, status)
             return
 
@@ -529,7 +520,7 @@ class Controller:
                     resource_version=tracked.body["metadata"].get("resourceVersion", ""),
                     probe=Probe.of(uid, spec, status),
                     observation=observation,
-                    retry_at=_parse_time(status.next_retry_time),
+                    retry_at=parse_time(status.next_retry_time) if status.next_retry_time else None,
                 )
             if not built:
                 return
@@ -823,10 +814,6 @@ def _newer(candidate: dict[str, Any], known: dict[str, Any]) -> bool:
         )
     except (KeyError, ValueError):
         return True
-
-
-def _parse_time(stamp: str | None) -> datetime | None:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")) if stamp else None
 
 
 def _intent_changed(before: AmphoraStatus, after: AmphoraStatus) -> bool:

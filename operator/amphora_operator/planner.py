@@ -44,6 +44,7 @@ __all__ = [
     "mark_failed",
     "next_retry",
     "owner_key",
+    "parse_time",
     "plan",
     "plan_deletion",
     "spec_hash",
@@ -188,7 +189,7 @@ def plan(
         else:
             if s.spec_hash != wanted_hash:
                 s.next_retry_time = None  # the user changed the spec: try again now
-            if s.next_retry_time is not None and now < _parse(s.next_retry_time):
+            if s.next_retry_time is not None and now < parse_time(s.next_retry_time):
                 return _finish(out, spec, generation, stamp)
             s.next_retry_time = None
             s.spec_hash = wanted_hash
@@ -228,7 +229,7 @@ def plan(
             delay = _backoff(s.retries, retry_base, retry_max)
             s.next_retry_time = now_rfc3339(now + timedelta(seconds=delay))
             out.events.append(("Warning", "BuildFailed", f"{s.fault}; rebuilding in {delay:.0f} s"))
-        if s.next_retry_time is not None and now < _parse(s.next_retry_time):
+        if s.next_retry_time is not None and now < parse_time(s.next_retry_time):
             return _failed(
                 out,
                 spec,
@@ -337,7 +338,7 @@ def _plan_replacement(
         if s.next_retry_time is None:
             delay = _backoff(s.retries, retry_base, retry_max)
             s.next_retry_time = now_rfc3339(now + timedelta(seconds=delay))
-        elif now >= _parse(s.next_retry_time):
+        elif now >= parse_time(s.next_retry_time):
             s.retired.append(observed.id)
             out.actions.append(Delete(observed.id))
             s.retries += 1
@@ -358,7 +359,8 @@ def _plan_replacement(
     return observed
 
 
-def _parse(stamp: str) -> datetime:
+def parse_time(stamp: str) -> datetime:
+    """Read an RFC 3339 stamp as written by :func:`now_rfc3339`."""
     return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
