@@ -570,20 +570,18 @@ class Controller:
             candidates = live or found
             return candidates[0] if candidates else None
 
-        if status.compute_id is not None:
-            current = await by_id(status.compute_id)
-        elif spec.import_id is not None:
-            current = await by_id(spec.import_id)
-        else:
-            current = await by_owner(owner_key(uid, status.revision))
-        replacement = None
-        if status.replacement is not None:
-            if status.replacement.compute_id is not None:
-                replacement = await by_id(status.replacement.compute_id)
-            else:
-                replacement = await by_owner(owner_key(uid, status.replacement.revision))
-        retired = {rid: await by_id(rid) for rid in status.retired}
-        return Observation(current=current, replacement=replacement, retired=retired)
+        async def pick(amphora_id: str | None, owner: str | None) -> AmphoraInstance | None:
+            if amphora_id is not None:
+                return await by_id(amphora_id)
+            return await by_owner(owner) if owner is not None else None
+
+        # The same keys a poll round uses to tell whether anything changed.
+        probe = Probe.of(uid, spec, status)
+        return Observation(
+            current=await pick(probe.current_id, probe.current_owner),
+            replacement=await pick(probe.replacement_id, probe.replacement_owner),
+            retired={rid: await by_id(rid) for rid in probe.retired},
+        )
 
     async def _act(
         self, tracked: Tracked, backend: Backend, spec: AmphoraSpec, result: Plan
