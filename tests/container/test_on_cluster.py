@@ -123,8 +123,8 @@ def test_pod_runs_on_a_kwok_node_with_every_field_mapped(
     volumes = {v.name: (v.secret.secret_name, v.secret.default_mode) for v in pod.spec.volumes}
     assert volumes == {
         "ssh-keys": (f"{name}-ssh-keys", 0o644),
-        "files": (f"{name}-files", 0o600),
-        "user-data": (f"{name}-user-data", 0o600),
+        "files": (f"{name}-files", 0o440),
+        "user-data": (f"{name}-user-data", 0o440),
     }
 
     def data(secret: str) -> dict[str, bytes]:

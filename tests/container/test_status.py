@@ -103,17 +103,17 @@ class TestPodStatus:
         [
             (
                 "ImagePullBackOff",
-                'Back-off pulling image "registry.example/amphora:nope"',
+                f'Back-off pulling image "{IMAGE}"',
                 "check image_id and the registry's pull credentials",
             ),
             (
                 "ErrImagePull",
-                'failed to pull and unpack image "registry.example/amphora:nope": not found',
+                f'failed to pull and unpack image "{IMAGE}": not found',
                 "check image_id and the registry's pull credentials",
             ),
             (
                 "InvalidImageName",
-                'Failed to apply default image tag "Bad:Image": invalid reference format',
+                f'Failed to apply default image tag "{IMAGE}": invalid reference format',
                 "image_id is not a valid image reference",
             ),
             (

@@ -1,0 +1,621 @@
+"""One real kubelet + containerd Node beside the kwok Nodes: real processes in real containers.
+
+kwok only pretends; this Node runs what the Container driver builds (config-drive files, probes,
+crash loops, suspend). Recipe: ``/work/shared/notes/real-kubelet.md`` (Debian containerd, runc
+and CNI plugins from ``hack/real-node/install.sh``, a kubelet built from the control plane's Go
+module by ``hack/real-node/build-kubelet.sh``, test images from :mod:`amphora_devtools.images`).
+
+Everything lives in ``state_dir``: containerd's root, state and socket, the CNI config and IPAM
+data, the kubelet's root dir, config and logs, and ``pids.json``. The processes run in their own
+process groups; a later :meth:`RealNode.up` on the same directory first reaps what a crashed run
+left. :meth:`RealNode.down` leaves nothing behind: kubelet stopped, every container task killed
+and deleted, sandbox network namespaces unmounted, containerd stopped, mounts under the state
+dir unmounted, the node's bridge deleted, the kubelet's cgroups removed.
+
+The Node is labelled ``amphora-operator.dev/real-node=true`` and tainted with the same key
+(``NoSchedule``), so only Pods that ask for it (node selector + toleration) land on it and the
+kwok Nodes keep every other Pod. Needs root.
+
+CLI: ``python -m amphora_devtools.real_node up|down --kubeconfig FILE [--state-dir DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from amphora_devtools import images
+
+HACK = Path(__file__).resolve().parent.parent / "real-node"
+INSTALL_SCRIPT = HACK / "install.sh"
+BUILD_SCRIPT = HACK / "build-kubelet.sh"
+NODE_LABEL = "amphora-operator.dev/real-node"
+#: Pods that should run on the real Node carry these (a profile's node selector/tolerations).
+NODE_SELECTOR: dict[str, str] = {NODE_LABEL: "true"}
+TOLERATIONS: list[dict[str, str]] = [
+    {"key": NODE_LABEL, "operator": "Equal", "value": "true", "effect": "NoSchedule"}
+]
+CNI_BIN_DIR = Path("/usr/lib/cni")
+REQUIRED = ("containerd", "containerd-shim-runc-v2", "runc", "ctr")
+CONTAINER_LOGS = Path("/var/log/containers")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+K8S_NAMESPACE = "k8s.io"  # containerd's namespace for CRI (kubelet) containers
+_POLL = 0.2
+_STOP_GRACE = 15.0
+_LOG_TAIL = 40
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    """Library default: report nothing."""
+
+
+class RealNodeError(RuntimeError):
+    """The node cannot start (missing packages, no root, a component died); says why."""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _run_script(script: Path, progress: Progress) -> str:
+    """Run a set-up script, streaming its stderr; return the last stdout line."""
+    lines: deque[str] = deque(maxlen=_LOG_TAIL)
+    with subprocess.Popen(
+        ["bash", str(script)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            progress(lines[-1])
+    if proc.returncode != 0:
+        raise RealNodeError(f"{script} exited {proc.returncode}:\n" + "\n".join(lines))
+    return lines[-1] if lines else ""
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (reaping it if it is our zombie child)."""
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+class RealNode:
+    """containerd + kubelet registering Node ``name`` with the apiserver of ``kubeconfig``."""
+
+    def __init__(
+        self,
+        state_dir: Path | str,
+        kubeconfig: Path | str,
+        *,
+        name: str = "real-node-0",
+        kubelet: Path | str | None = None,
+        bridge: str = "amph-cni0",
+        subnet: str = "10.88.77.0/24",
+    ) -> None:
+        self.state_dir = Path(state_dir).resolve()
+        self.kubeconfig = Path(kubeconfig).resolve()
+        self.name = name
+        self.bridge = bridge
+        self.subnet = subnet
+        self._kubelet = Path(kubelet) if kubelet is not None else None
+        self._pids: dict[str, int] = {}
+        self._ports: dict[str, int] = {}
+        self.started_in: float | None = None
+
+    # -- paths -----------------------------------------------------------------------------
+
+    @property
+    def socket(self) -> Path:
+        return self.state_dir / "containerd" / "containerd.sock"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def kubelet_root(self) -> Path:
+        return self.state_dir / "kubelet"
+
+    @property
+    def images_archive(self) -> Path:
+        return self.state_dir / "images.tar"
+
+    def log_path(self, component: str) -> Path:
+        return self.logs_dir / f"{component}.log"
+
+    def log_tail(self, component: str, lines: int = _LOG_TAIL) -> str:
+        try:
+            text = self.log_path(component).read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    @property
+    def _pid_file(self) -> Path:
+        return self.state_dir / "pids.json"
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def up(self, progress: Progress = _quiet, timeout: float = 120.0) -> None:
+        """Install/build what is missing, start containerd and the kubelet, wait for Ready.
+
+        Raises :class:`RealNodeError` naming the cause; whatever started is stopped again.
+        """
+        started = time.monotonic()
+        self._preflight(progress)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._reap_previous(progress)
+        try:
+            self._write_configs()
+            self._start_containerd(timeout)
+            progress("importing test images")
+            images.write_archive(self.images_archive)
+            self.import_images(self.images_archive)
+            self.start_kubelet(timeout)
+            progress(f"waiting for Node {self.name} to be Ready")
+            self.wait_ready(timeout)
+        except BaseException:
+            self.down()
+            raise
+        self.started_in = time.monotonic() - started
+        progress(f"Node {self.name} Ready in {self.started_in:.1f} s")
+
+    def _preflight(self, progress: Progress) -> None:
+        if os.geteuid() != 0:
+            raise RealNodeError("the real kubelet Node needs root (containerd, mounts, cgroups)")
+        _run_script(INSTALL_SCRIPT, progress)
+        missing = [tool for tool in REQUIRED if shutil.which(tool) is None]
+        missing += [f"{CNI_BIN_DIR}/{p}" for p in ("bridge", "host-local", "loopback")]
+        missing = [m for m in missing if "/" not in m or not Path(m).is_file()]
+        if missing or not images.BUSYBOX.is_file():
+            raise RealNodeError(
+                f"missing {', '.join(missing) or images.BUSYBOX}: run hack/real-node/install.sh "
+                "as root (Debian packages containerd runc containernetworking-plugins "
+                "busybox-static)"
+            )
+        if self._kubelet is None:
+            progress("resolving the kubelet with hack/real-node/build-kubelet.sh")
+            self._kubelet = Path(_run_script(BUILD_SCRIPT, progress))
+        if not self._kubelet.is_file():
+            raise RealNodeError(f"no kubelet at {self._kubelet}")
+
+    def down(self) -> None:
+        """Stop everything and remove every trace outside the state dir (idempotent)."""
+        self._load_pids()
+        self._stop("kubelet")
+        if self._alive("containerd"):
+            self._kill_containers()
+        self._stop("containerd")
+        self._kill_stray_shims()
+        self._unmount_under(self.state_dir)
+        self._delete_bridge()
+        self._remove_cgroups()
+        self._remove_log_links()
+        with contextlib.suppress(FileNotFoundError):
+            self._pid_file.unlink()
+
+    def _reap_previous(self, progress: Progress) -> None:
+        """A crashed run's processes, mounts and bridge go before anything new starts."""
+        if self._pid_file.is_file():
+            progress(f"stopping what an earlier run left in {self.state_dir}")
+        self.down()
+
+    # -- configuration ---------------------------------------------------------------------
+
+    def _write_configs(self) -> None:
+        for directory in ("containerd", "cni/net.d", "cni/ipam", "logs", "kubelet", "pki"):
+            (self.state_dir / directory).mkdir(parents=True, exist_ok=True)
+        self._ports = {"kubelet": _free_port(), "healthz": _free_port()}
+        state = self.state_dir
+        (state / "containerd" / "config.toml").write_text(
+            f"""version = 2
+root = "{state}/containerd/root"
+state = "{state}/containerd/state"
+[grpc]
+  address = "{self.socket}"
+[ttrpc]
+  address = "{self.socket}.ttrpc"
+[metrics]
+  address = ""
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{state}/containerd/opt"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{images.PAUSE}"
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  restrict_oom_score_adj = true
+  enable_selinux = false
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{CNI_BIN_DIR}"
+    conf_dir = "{state}/cni/net.d"
+"""
+        )
+        conflist = {
+            "cniVersion": "0.4.0",
+            "name": "amphora-real-node",
+            "plugins": [
+                {
+                    "type": "bridge",
+                    "bridge": self.bridge,
+                    "isGateway": True,
+                    "ipMasq": False,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{"subnet": self.subnet}]],
+                        "dataDir": f"{state}/cni/ipam",
+                    },
+                },
+                {"type": "loopback"},
+            ],
+        }
+        (state / "cni" / "net.d" / "10-amphora.conflist").write_text(json.dumps(conflist))
+        kubelet_config = {
+            "apiVersion": "kubelet.config.k8s.io/v1beta1",
+            "kind": "KubeletConfiguration",
+            "address": "127.0.0.1",
+            "port": self._ports["kubelet"],
+            "readOnlyPort": 0,
+            "healthzBindAddress": "127.0.0.1",
+            "healthzPort": self._ports["healthz"],
+            "cgroupDriver": "cgroupfs",
+            "failCgroupV1": False,
+            "failSwapOn": False,
+            "containerRuntimeEndpoint": f"unix://{self.socket}",
+            "enforceNodeAllocatable": [],
+            "localStorageCapacityIsolation": False,
+            "authentication": {
+                "anonymous": {"enabled": True},
+                "webhook": {"enabled": False},
+            },
+            "authorization": {"mode": "AlwaysAllow"},
+            "registerWithTaints": [{"key": NODE_LABEL, "value": "true", "effect": "NoSchedule"}],
+            "podLogsDirectory": f"{state}/pod-logs",
+            # The imported images cannot be pulled again: never collect them, never evict.
+            "imageGCHighThresholdPercent": 100,
+            "imageGCLowThresholdPercent": 99,
+            "evictionHard": {
+                "memory.available": "1Mi",
+                "nodefs.available": "1%",
+                "imagefs.available": "1%",
+                "nodefs.inodesFree": "1%",
+            },
+            "resolvConf": "",
+            "serializeImagePulls": False,
+        }
+        (state / "kubelet.yaml").write_text(yaml.safe_dump(kubelet_config))
+
+    # -- processes -------------------------------------------------------------------------
+
+    def _spawn(self, component: str, args: list[str]) -> None:
+        log = self.log_path(component)
+        with log.open("ab") as out:
+            out.write(f"\n=== {time.strftime('%F %T')} {' '.join(args)}\n".encode())
+        self._pids[component] = os.posix_spawn(
+            args[0],
+            args,
+            os.environ,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 1, str(log), os.O_WRONLY | os.O_APPEND, 0),
+                (os.POSIX_SPAWN_DUP2, 1, 2),
+            ],
+            setsid=True,
+        )
+        self._save_pids()
+
+    def _start_containerd(self, timeout: float) -> None:
+        binary = shutil.which("containerd")
+        assert binary is not None
+        self._spawn(
+            "containerd",
+            [binary, "--config", str(self.state_dir / "containerd" / "config.toml")],
+        )
+        self._wait(
+            "containerd",
+            "its socket",
+            lambda: self.ctr("version", check=False).returncode == 0,
+            timeout,
+        )
+
+    def start_kubelet(self, timeout: float = 60.0) -> None:
+        """Start the kubelet (again); it re-registers the Node and takes its Pods back."""
+        assert self._kubelet is not None
+        self._spawn(
+            "kubelet",
+            [
+                str(self._kubelet),
+                f"--config={self.state_dir / 'kubelet.yaml'}",
+                f"--kubeconfig={self.kubeconfig}",
+                f"--hostname-override={self.name}",
+                "--node-ip=127.0.0.1",
+                f"--node-labels={NODE_LABEL}=true",
+                f"--root-dir={self.kubelet_root}",
+                f"--cert-dir={self.state_dir / 'pki'}",
+            ],
+        )
+        self._wait("kubelet", "healthz", self._kubelet_healthy, timeout)
+
+    def stop_kubelet(self) -> None:
+        """Stop only the kubelet: containers keep running, the Node stops reporting."""
+        self._stop("kubelet")
+
+    def _kubelet_healthy(self) -> bool:
+        url = f"http://127.0.0.1:{self._ports['healthz']}/healthz"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def _wait(self, component: str, what: str, check: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self._alive(component):
+                raise RealNodeError(
+                    f"{component} exited while waiting for {what}; tail of "
+                    f"{self.log_path(component)}:\n{self.log_tail(component)}"
+                )
+            if check():
+                return
+            time.sleep(_POLL)
+        raise RealNodeError(
+            f"{component}: no {what} within {timeout:.0f} s; tail of "
+            f"{self.log_path(component)}:\n{self.log_tail(component)}"
+        )
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        """Wait until the apiserver shows the Node Ready."""
+        self._wait("kubelet", f"Node {self.name} Ready", self.is_ready, timeout)
+
+    def is_ready(self) -> bool:
+        node = self.api_get(f"/api/v1/nodes/{self.name}")
+        conditions = (node or {}).get("status", {}).get("conditions", [])
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+    def api_get(self, path: str) -> Any:
+        """GET ``path`` from the apiserver as the kubeconfig's user; None unless 200."""
+        config = yaml.safe_load(self.kubeconfig.read_text())
+        cluster = config["clusters"][0]["cluster"]
+        user = config["users"][0]["user"]
+        context = ssl.create_default_context(
+            cadata=base64.b64decode(cluster["certificate-authority-data"]).decode()
+        )
+        request = urllib.request.Request(
+            cluster["server"] + path, headers={"Authorization": f"Bearer {user['token']}"}
+        )
+        try:
+            with urllib.request.urlopen(request, context=context, timeout=10) as response:
+                return json.loads(response.read())
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
+
+    def _alive(self, component: str) -> bool:
+        pid = self._pids.get(component)
+        return pid is not None and _alive(pid)
+
+    def _stop(self, component: str) -> None:
+        pid = self._pids.get(component)
+        if pid is not None:
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, sig)
+                deadline = time.monotonic() + _STOP_GRACE
+                while _alive(pid) and time.monotonic() < deadline:
+                    time.sleep(_POLL)
+                if not _alive(pid):
+                    break
+            if _alive(pid):
+                raise RealNodeError(f"{component} (pid {pid}) survived SIGKILL")
+        if self._pids.pop(component, None) is not None:
+            self._save_pids()
+
+    def _save_pids(self) -> None:
+        self._pid_file.write_text(json.dumps({"pids": self._pids, "ports": self._ports}))
+
+    def _load_pids(self) -> None:
+        """Take over the pids a previous run recorded, if they are still ours."""
+        try:
+            saved = json.loads(self._pid_file.read_text())
+        except (OSError, ValueError):
+            return
+        for component, pid in saved.get("pids", {}).items():
+            if component not in self._pids and str(self.state_dir) in _cmdline(pid):
+                self._pids[component] = pid
+        self._ports = {**saved.get("ports", {}), **self._ports}
+
+    # -- containerd ------------------------------------------------------------------------
+
+    def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run ``ctr`` against this node's containerd, in the kubelet's ``k8s.io`` namespace."""
+        result = subprocess.run(
+            ["ctr", "--address", str(self.socket), "--namespace", K8S_NAMESPACE, *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise RealNodeError(f"ctr {' '.join(args)} exited {result.returncode}: {result.stderr}")
+        return result
+
+    def import_images(self, archive: Path) -> None:
+        self.ctr("images", "import", str(archive))
+
+    def tasks(self) -> dict[str, str]:
+        """Container id -> task status (RUNNING, STOPPED...), as containerd sees them."""
+        rows = self.ctr("tasks", "ls").stdout.splitlines()[1:]
+        return {parts[0]: parts[-1] for row in rows if len(parts := row.split()) >= 3}
+
+    def containers(self) -> dict[str, dict[str, Any]]:
+        """Container id -> containerd's record (labels name the Pod and container)."""
+        ids = self.ctr("containers", "ls", "--quiet").stdout.split()
+        return {cid: json.loads(self.ctr("containers", "info", cid).stdout) for cid in ids}
+
+    def _kill_containers(self) -> None:
+        """Kill and delete every task and container; unmount their network namespaces."""
+        netns: set[str] = set()
+        for record in self.containers().values():
+            for namespace in record.get("Spec", {}).get("linux", {}).get("namespaces", []):
+                if namespace.get("type") == "network" and namespace.get("path"):
+                    netns.add(namespace["path"])
+        for cid in self.tasks():
+            self.ctr("tasks", "kill", "--signal", "SIGKILL", cid, check=False)
+        deadline = time.monotonic() + _STOP_GRACE
+        while time.monotonic() < deadline:
+            if all(status == "STOPPED" for status in self.tasks().values()):
+                break
+            time.sleep(_POLL)
+        for cid in self.tasks():
+            self.ctr("tasks", "delete", "--force", cid, check=False)
+        for cid in self.ctr("containers", "ls", "--quiet").stdout.split():
+            self.ctr("containers", "delete", cid, check=False)
+        for path in netns:
+            subprocess.run(["umount", path], capture_output=True, check=False)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+    def _kill_stray_shims(self) -> None:
+        """Shims detach from containerd's process group; kill any that serve our socket."""
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            cmd = _cmdline(int(entry.name))
+            if "containerd-shim" in cmd and str(self.socket) in cmd:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(entry.name), signal.SIGKILL)
+
+    # -- host clean-up ---------------------------------------------------------------------
+
+    def _unmount_under(self, root: Path) -> None:
+        """Unmount (deepest first) everything mounted below ``root``: volumes, rootfs, shm."""
+        for _ in range(3):
+            mounts = [
+                line.split()[4]
+                for line in Path("/proc/self/mountinfo").read_text().splitlines()
+                if line.split()[4].startswith(str(root) + "/") or line.split()[4] == str(root)
+            ]
+            if not mounts:
+                return
+            for target in sorted(set(mounts), key=len, reverse=True):
+                subprocess.run(["umount", "-l", target], capture_output=True, check=False)
+
+    def _delete_bridge(self) -> None:
+        if Path(f"/sys/class/net/{self.bridge}").exists():
+            subprocess.run(["ip", "link", "delete", self.bridge], capture_output=True, check=False)
+
+    @staticmethod
+    def _remove_cgroups() -> None:
+        """The kubelet's ``kubepods`` cgroups (empty once every container is gone)."""
+        for controller in CGROUP_ROOT.iterdir() if CGROUP_ROOT.is_dir() else ():
+            top = controller / "kubepods"
+            if not top.is_dir() or top.is_symlink():
+                continue
+            for directory in sorted(
+                (d for d in top.rglob("*") if d.is_dir()), key=lambda d: len(d.parts), reverse=True
+            ):
+                with contextlib.suppress(OSError):
+                    directory.rmdir()
+            with contextlib.suppress(OSError):
+                top.rmdir()
+
+    def _remove_log_links(self) -> None:
+        """The kubelet's ``/var/log/containers`` links into our pod-logs dir."""
+        if not CONTAINER_LOGS.is_dir():
+            return
+        for link in CONTAINER_LOGS.iterdir():
+            with contextlib.suppress(OSError):
+                if link.is_symlink() and os.readlink(link).startswith(str(self.state_dir)):
+                    link.unlink()
+
+    def leftovers(self) -> dict[str, list[str]]:
+        """What :meth:`down` must have removed; all lists empty after a clean shutdown."""
+        mounts = [
+            line.split()[4]
+            for line in Path("/proc/self/mountinfo").read_text().splitlines()
+            if line.split()[4].startswith(str(self.state_dir))
+        ]
+        processes = [
+            f"{entry.name}: {cmd}"
+            for entry in Path("/proc").iterdir()
+            if entry.name.isdigit() and str(self.state_dir) in (cmd := _cmdline(int(entry.name)))
+        ]
+        bridges = [self.bridge] if Path(f"/sys/class/net/{self.bridge}").exists() else []
+        cgroups = [
+            str(c / "kubepods")
+            for c in (CGROUP_ROOT.iterdir() if CGROUP_ROOT.is_dir() else ())
+            if (c / "kubepods").is_dir() and not (c / "kubepods").is_symlink()
+        ]
+        return {"processes": processes, "mounts": mounts, "bridges": bridges, "cgroups": cgroups}
+
+
+# -- CLI -----------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m amphora_devtools.real_node", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("command", choices=("up", "down"))
+    parser.add_argument("--kubeconfig", type=Path, required=True)
+    parser.add_argument("--state-dir", type=Path, default=Path(".local/real-node"))
+    parser.add_argument("--timeout", type=float, default=120.0)
+    args = parser.parse_args(argv)
+    node = RealNode(args.state_dir, args.kubeconfig)
+    if args.command == "down":
+        node.down()
+        print(f"real node stopped; state kept in {node.state_dir}")
+        return 0
+    try:
+        node.up(progress=lambda line: print(line, flush=True), timeout=args.timeout)
+    except RealNodeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
