@@ -6,7 +6,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo demo-down test venv control-plane nova-box lint crd bench
+.PHONY: demo demo-down test venv control-plane nova-box real-node lint crd bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,15 +25,20 @@ control-plane:
 nova-box:
 	bash hack/nova-box/install.sh
 
+# The real kubelet Node: Debian packages (as root) and a kubelet from the control plane's module.
+real-node: control-plane
+	bash hack/real-node/install.sh
+	bash hack/real-node/build-kubelet.sh
+
 ## Run the main job: local control plane, operator, sample Amphorae, `kubectl get amphorae`.
-demo: venv control-plane
+demo: venv control-plane real-node
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash hack/demo.sh up
 
 demo-down:
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash hack/demo.sh down
 
 ## Run the whole test suite against the real control plane and the real Nova API.
-test: venv control-plane nova-box
+test: venv control-plane nova-box real-node
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash hack/run-tests.sh
 
 lint: venv
