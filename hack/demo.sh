@@ -75,6 +75,19 @@ up() {
       || die "the control plane did not start; logs in $state/logs"
   fi
 
+  real_node=no
+  step "real kubelet Node (root and hack/real-node/install.sh's Debian packages)"
+  if [ "$(id -u)" -eq 0 ] && python -m amphora_devtools.real_node up --kubeconfig "$KUBECONFIG" \
+    --state-dir "$state/real-node" 2>&1 | sed 's/^/    /'; then
+    real_node=yes
+    # The demo's config plus a profile that puts Container Amphorae on the real Node.
+    python -c 'import sys, yaml; c = yaml.safe_load(open(sys.argv[1])); c["profiles"]["container-real"] = {"driver": "container", "options": {"node_selector": {"amphora-operator.dev/real-node": "true"}, "tolerations": [{"key": "amphora-operator.dev/real-node", "operator": "Exists", "effect": "NoSchedule"}], "image_pull_policy": "Never"}}; yaml.safe_dump(c, open(sys.argv[2], "w"))' \
+      "$config" "$state/config.yaml"
+    config="$state/config.yaml"
+  else
+    step "NO real Node (needs root and the Debian packages): Container Amphorae run on kwok Nodes only, whose Pods only pretend to run"
+  fi
+
   step "installing the Amphora CRD"
   kubectl apply -f "$crd" | sed 's/^/    /'
   kubectl wait --for=condition=Established --timeout=60s crd/amphorae.amphora-operator.dev >/dev/null
@@ -96,6 +109,9 @@ up() {
 
   step "applying examples/ (VM, BareMetal, Container and Secret-based Amphorae)"
   kubectl apply -f "$repo/examples" | sed 's/^/    /'
+  if [ "$real_node" = yes ]; then
+    kubectl apply -f "$repo/hack/real-node/demo-amphora.yaml" | sed 's/^/    /'
+  fi
 
   step "waiting for every Amphora to be Ready (at most ${ready_timeout} s)"
   local deadline=$((SECONDS + ready_timeout)) phases previous='' total pending
@@ -131,6 +147,10 @@ EOF
 
 down() {
   stop_operator
+  if [ -f "$state/real-node/pids.json" ]; then
+    step "stopping the real Node"
+    python -m amphora_devtools.real_node down --state-dir "$state/real-node" | sed 's/^/    /'
+  fi
   if [ -f "$state/state.json" ]; then
     step "stopping the control plane"
     python -m amphora_devtools.control_plane down --state-dir "$state" | sed 's/^/    /'

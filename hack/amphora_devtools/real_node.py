@@ -600,11 +600,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m amphora_devtools.real_node", description=__doc__.splitlines()[0]
     )
     parser.add_argument("command", choices=("up", "down"))
-    parser.add_argument("--kubeconfig", type=Path, required=True)
+    parser.add_argument("--kubeconfig", type=Path, help="the apiserver's (needed by up)")
     parser.add_argument("--state-dir", type=Path, default=Path(".local/real-node"))
     parser.add_argument("--timeout", type=float, default=120.0)
     args = parser.parse_args(argv)
-    node = RealNode(args.state_dir, args.kubeconfig)
+    if args.command == "up" and args.kubeconfig is None:
+        parser.error("up needs --kubeconfig")
+    node = RealNode(args.state_dir, args.kubeconfig or "/dev/null")
     if args.command == "down":
         node.down()
         print(f"real node stopped; state kept in {node.state_dir}")
