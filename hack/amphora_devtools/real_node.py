@@ -130,12 +130,14 @@ class RealNode:
         kubelet: Path | str | None = None,
         bridge: str = "amph-cni0",
         subnet: str = "10.88.77.0/24",
+        gateway: str = "10.88.77.1",
     ) -> None:
         self.state_dir = Path(state_dir).resolve()
         self.kubeconfig = Path(kubeconfig).resolve()
         self.name = name
         self.bridge = bridge
         self.subnet = subnet
+        self.gateway = gateway
         self._kubelet = Path(kubelet) if kubelet is not None else None
         self._pids: dict[str, int] = {}
         self._ports: dict[str, int] = {}
@@ -186,6 +188,7 @@ class RealNode:
         self._reap_previous(progress)
         try:
             self._write_configs()
+            self._create_bridge()
             self._start_containerd(timeout)
             progress("importing test images")
             images.write_archive(self.images_archive)
@@ -282,6 +285,7 @@ state = "{state}/containerd/state"
                     "type": "bridge",
                     "bridge": self.bridge,
                     "isGateway": True,
+                    "forceAddress": False,
                     "ipMasq": False,
                     "ipam": {
                         "type": "host-local",
@@ -296,7 +300,7 @@ state = "{state}/containerd/state"
         kubelet_config = {
             "apiVersion": "kubelet.config.k8s.io/v1beta1",
             "kind": "KubeletConfiguration",
-            "address": "127.0.0.1",
+            "address": self.gateway,
             "port": self._ports["kubelet"],
             "readOnlyPort": 0,
             "healthzBindAddress": "127.0.0.1",
@@ -371,7 +375,7 @@ state = "{state}/containerd/state"
                 f"--config={self.state_dir / 'kubelet.yaml'}",
                 f"--kubeconfig={self.kubeconfig}",
                 f"--hostname-override={self.name}",
-                "--node-ip=127.0.0.1",
+                f"--node-ip={self.gateway}",
                 f"--node-labels={NODE_LABEL}=true",
                 f"--root-dir={self.kubelet_root}",
                 f"--cert-dir={self.state_dir / 'pki'}",
@@ -542,6 +546,26 @@ state = "{state}/containerd/state"
                 return
             for target in sorted(set(mounts), key=len, reverse=True):
                 subprocess.run(["umount", "-l", target], capture_output=True, check=False)
+
+    def _create_bridge(self) -> None:
+        """The Pods' bridge, made before the CNI plugin would, because its gateway address is
+        also the Node's: the kubelet refuses a loopback node IP, and the apiserver reaches the
+        kubelet (exec, logs) at the Node's address, which must not face the network."""
+        for command in (
+            ["ip", "link", "add", self.bridge, "type", "bridge"],
+            [
+                "ip",
+                "addr",
+                "add",
+                f"{self.gateway}/{self.subnet.split('/')[1]}",
+                "dev",
+                self.bridge,
+            ],
+            ["ip", "link", "set", self.bridge, "up"],
+        ):
+            result = subprocess.run(command, capture_output=True, text=True, check=False)
+            if result.returncode != 0:
+                raise RealNodeError(f"{' '.join(command)} failed: {result.stderr.strip()}")
 
     def _delete_bridge(self) -> None:
         if Path(f"/sys/class/net/{self.bridge}").exists():

@@ -102,16 +102,15 @@ def test_bad_options_are_refused_when_the_driver_is_made(
     assert complaint in str(err.value)
 
 
-def _running(ready_reason: str | None = None, node: str = "real-node-0") -> dict[str, Any]:
+def _running(containers_ready: bool = False, node: str = "real-node-0") -> dict[str, Any]:
     ready: dict[str, str] = {"type": "Ready", "status": "False"}
-    if ready_reason:
-        ready["reason"] = ready_reason
+    containers = {"type": "ContainersReady", "status": "True" if containers_ready else "False"}
     return {
         "metadata": {"name": "amp-0", "uid": "p"},
         "spec": {"nodeName": node},
         "status": {
             "phase": "Running",
-            "conditions": [{"type": "PodScheduled", "status": "True"}, ready],
+            "conditions": [{"type": "PodScheduled", "status": "True"}, containers, ready],
             "containerStatuses": [
                 {
                     "name": "amphora",
@@ -126,7 +125,8 @@ def _running(ready_reason: str | None = None, node: str = "real-node-0") -> dict
 
 
 def test_a_silent_kubelet_is_unknown_not_an_error() -> None:
-    observed = observe_pod(_running("NodeNotReady"))
+    """What the node lifecycle controller leaves: Ready False, ContainersReady still True."""
+    observed = observe_pod(_running(containers_ready=True))
     assert (observed.state, observed.raw_state) == (AmphoraState.UNKNOWN, "Running/NodeNotReady")
     assert observed.fault is not None and "the Node real-node-0 stopped reporting" in observed.fault
 

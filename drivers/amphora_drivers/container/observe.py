@@ -35,8 +35,6 @@ _WAITING_ERRORS: Mapping[str, str] = {
 _IMAGE_REASONS = frozenset(
     {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
 )
-#: Ready-condition reasons the node lifecycle controller writes when a kubelet goes silent.
-_NODE_LOST_REASONS = frozenset({"NodeNotReady", "NodeLost"})
 
 
 @dataclass(frozen=True)
@@ -110,13 +108,11 @@ def observe_pod(pod: Mapping[str, Any]) -> Observation:
             )
     if phase == "Running" and conditions.get("Ready", {}).get("status") == "True":
         return Observation(AmphoraState.ACTIVE, "Running/Ready", None, addresses)
-    ready = conditions.get("Ready", {})
-    if ready.get("reason") in _NODE_LOST_REASONS:
-        # The node lifecycle controller wrote this: the kubelet stopped reporting.
+    if phase == "Running" and _node_lost(conditions):
         node = pod.get("spec", {}).get("nodeName", "?")
         fault = (
-            f"the Node {node} stopped reporting ({ready.get('reason')}): the amphora may still "
-            "run but nobody can tell; it recovers when the kubelet returns"
+            f"the Node {node} stopped reporting: the amphora may still run but nobody can "
+            "tell; it recovers when the kubelet returns"
         )
         return Observation(AmphoraState.UNKNOWN, f"{phase}/NodeNotReady", fault, addresses)
     if phase == "Running":
@@ -126,6 +122,21 @@ def observe_pod(pod: Mapping[str, Any]) -> Observation:
     else:
         detail = "Scheduled" if scheduled.get("status") == "True" else "Scheduling"
     return Observation(AmphoraState.BUILDING, f"{phase}/{detail}", None, addresses)
+
+
+def _node_lost(conditions: Mapping[str, Mapping[str, Any]]) -> bool:
+    """The node lifecycle controller marked the Pod not Ready because its kubelet went silent.
+
+    It flips only the Pod's Ready condition (keeping the old reason); ContainersReady, which
+    only the kubelet writes, still says True. Readiness gates are the one other way to get
+    that pair, and they carry their own reason.
+    """
+    ready = conditions.get("Ready", {})
+    return (
+        ready.get("status") == "False"
+        and conditions.get("ContainersReady", {}).get("status") == "True"
+        and ready.get("reason") != "ReadinessGatesNotReady"
+    )
 
 
 def _waiting_fault(container: Mapping[str, Any], reason: str) -> str:
