@@ -10,6 +10,7 @@ pytest_plugins = [
     "tests.fixtures.control_plane",
     "tests.fixtures.nova_box",
     "tests.fixtures.operator",
+    "tests.fixtures.real_node",
 ]
 
 

@@ -16,7 +16,7 @@ The Node is labelled ``amphora-operator.dev/real-node=true`` and tainted with th
 (``NoSchedule``), so only Pods that ask for it (node selector + toleration) land on it and the
 kwok Nodes keep every other Pod. Needs root.
 
-CLI: ``python -m amphora_devtools.real_node up|down --kubeconfig FILE [--state-dir DIR]``.
+CLI: ``python -m amphora_devtools.real_node up|down [--kubeconfig FILE] [--state-dir DIR]``.
 """
 
 from __future__ import annotations
@@ -119,14 +119,14 @@ def _cmdline(pid: int) -> str:
 
 
 class RealNode:
-    """containerd + kubelet registering Node ``name`` with the apiserver of ``kubeconfig``."""
+    """containerd + kubelet registering a Node with the apiserver of ``kubeconfig``."""
 
     def __init__(
         self,
         state_dir: Path | str,
         kubeconfig: Path | str,
         *,
-        name: str = "real-node-0",
+        name: str | None = None,
         kubelet: Path | str | None = None,
         bridge: str = "amph-cni0",
         subnet: str = "10.88.77.0/24",
@@ -134,7 +134,9 @@ class RealNode:
     ) -> None:
         self.state_dir = Path(state_dir).resolve()
         self.kubeconfig = Path(kubeconfig).resolve()
-        self.name = name
+        #: The Node's name is its address: the apiserver reaches a kubelet by its Hostname
+        #: address first, which is the node name, and nothing resolves a made-up one.
+        self.name = name or gateway
         self.bridge = bridge
         self.subnet = subnet
         self.gateway = gateway
@@ -496,8 +498,12 @@ state = "{state}/containerd/state"
 
     def containers(self) -> dict[str, dict[str, Any]]:
         """Container id -> containerd's record (labels name the Pod and container)."""
-        ids = self.ctr("containers", "ls", "--quiet").stdout.split()
-        return {cid: json.loads(self.ctr("containers", "info", cid).stdout) for cid in ids}
+        records = {}
+        for cid in self.ctr("containers", "ls", "--quiet").stdout.split():
+            info = self.ctr("containers", "info", cid, check=False)
+            if info.returncode == 0:  # else removed since the listing
+                records[cid] = json.loads(info.stdout)
+        return records
 
     def _kill_containers(self) -> None:
         """Kill and delete every task and container; unmount their network namespaces."""

@@ -558,3 +558,55 @@ def test_secret_contents_never_reach_the_logs(
     for value in secrets.values():
         assert value not in caplog.text
         assert base64.b64encode(value.encode()).decode() not in caplog.text
+
+
+def test_malformed_statefulsets_are_skipped_and_reported(
+    driver: ContainerDriver,
+    apps: k8s.AppsV1Api,
+    namespace: str,
+    cleanup: list[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A tenant can label anything as ours; listing the good amphorae must still work."""
+    name, owner = fresh()
+    good = driver.build("Container", image_id=IMAGE, name=name, owner=owner)
+    cleanup.append(good)
+    bad = {
+        f"{name}-no-id": ({}, {}),
+        f"{name}-bad-tags": ({LABEL_ID: "bad-tags-id"}, {"amphora-operator.dev/tags": "{oops"}),
+    }
+    for bad_name, (labels, notes) in bad.items():
+        apps.create_namespaced_stateful_set(
+            namespace,
+            {
+                "metadata": {
+                    "name": bad_name,
+                    "labels": {
+                        "app.kubernetes.io/managed-by": "amphora-container-driver",
+                        **labels,
+                    },
+                    "annotations": notes,
+                },
+                "spec": {
+                    "replicas": 0,
+                    "selector": {"matchLabels": {"x": bad_name}},
+                    "template": {
+                        "metadata": {"labels": {"x": bad_name}},
+                        "spec": {"containers": [{"name": "c", "image": IMAGE}]},
+                    },
+                },
+            },
+        )
+    try:
+        with caplog.at_level(logging.WARNING):
+            found = {a.id for a in driver.find()}
+        assert good in found
+        assert driver.skipped == (
+            f"{name}-bad-tags: annotation amphora-operator.dev/tags is not JSON",
+            f"{name}-no-id: label {LABEL_ID} is missing or not a valid label value",
+        )
+        assert f"skipping malformed StatefulSet {namespace}/{name}-no-id" in caplog.text
+        assert driver.get_amphora(amphora_id=good).id == good
+    finally:
+        for bad_name in bad:
+            apps.delete_namespaced_stateful_set(bad_name, namespace)
