@@ -56,6 +56,13 @@ TOLERATIONS: list[dict[str, str]] = [
 CNI_BIN_DIR = Path("/usr/lib/cni")
 REQUIRED = ("containerd", "containerd-shim-runc-v2", "runc", "ctr")
 CONTAINER_LOGS = Path("/var/log/containers")
+CNI_NETWORK = "amphora-real-node"
+#: libcni caches each attachment's result here (not configurable through containerd 1.6).
+CNI_RESULTS = Path("/var/lib/cni/results")
+#: Directories containerd's shims and runc create outside the state dir; removed when empty.
+RUNTIME_DIRS = tuple(
+    Path(p) for p in ("/run/containerd/s", "/run/containerd/fifo", "/run/containerd/runc/k8s.io")
+)
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 K8S_NAMESPACE = "k8s.io"  # containerd's namespace for CRI (kubelet) containers
 _POLL = 0.2
@@ -235,8 +242,17 @@ class RealNode:
         self._delete_bridge()
         self._remove_cgroups()
         self._remove_log_links()
+        for cached in self._cni_results():
+            cached.unlink(missing_ok=True)
+        for directory in (*RUNTIME_DIRS, *(d.parent for d in RUNTIME_DIRS)):
+            with contextlib.suppress(OSError):
+                directory.rmdir()  # only if empty: another containerd may use them
         with contextlib.suppress(FileNotFoundError):
             self._pid_file.unlink()
+
+    @staticmethod
+    def _cni_results() -> list[Path]:
+        return sorted(CNI_RESULTS.glob(f"{CNI_NETWORK}-*")) if CNI_RESULTS.is_dir() else []
 
     def _reap_previous(self, progress: Progress) -> None:
         """A crashed run's processes, mounts and bridge go before anything new starts."""
@@ -281,7 +297,7 @@ state = "{state}/containerd/state"
         )
         conflist = {
             "cniVersion": "0.4.0",
-            "name": "amphora-real-node",
+            "name": CNI_NETWORK,
             "plugins": [
                 {
                     "type": "bridge",
@@ -523,6 +539,8 @@ state = "{state}/containerd/state"
             self.ctr("tasks", "delete", "--force", cid, check=False)
         for cid in self.ctr("containers", "ls", "--quiet").stdout.split():
             self.ctr("containers", "delete", cid, check=False)
+            # The CRI's loopback attachment is cached apart from ours, per sandbox id.
+            (CNI_RESULTS / f"cni-loopback-{cid}-lo").unlink(missing_ok=True)
         for path in netns:
             subprocess.run(["umount", path], capture_output=True, check=False)
             with contextlib.suppress(OSError):
@@ -611,7 +629,9 @@ state = "{state}/containerd/state"
         processes = [
             f"{entry.name}: {cmd}"
             for entry in Path("/proc").iterdir()
-            if entry.name.isdigit() and str(self.state_dir) in (cmd := _cmdline(int(entry.name)))
+            if entry.name.isdigit()
+            and int(entry.name) != os.getpid()
+            and str(self.state_dir) in (cmd := _cmdline(int(entry.name)))
         ]
         bridges = [self.bridge] if Path(f"/sys/class/net/{self.bridge}").exists() else []
         cgroups = [
@@ -619,7 +639,13 @@ state = "{state}/containerd/state"
             for c in (CGROUP_ROOT.iterdir() if CGROUP_ROOT.is_dir() else ())
             if (c / "kubepods").is_dir() and not (c / "kubepods").is_symlink()
         ]
-        return {"processes": processes, "mounts": mounts, "bridges": bridges, "cgroups": cgroups}
+        return {
+            "processes": processes,
+            "mounts": mounts,
+            "bridges": bridges,
+            "cgroups": cgroups,
+            "cni-results": [str(p) for p in self._cni_results()],
+        }
 
 
 # -- CLI -----------------------------------------------------------------------------------

@@ -45,11 +45,13 @@ def built(real_driver: ContainerDriver) -> Iterator[list[str]]:
         real_driver.delete(amphora_id)
 
 
-def amphora_tasks(node: RealNode, namespace: str, pod: str) -> dict[str, str]:
+def amphora_tasks(
+    node: RealNode, namespace: str, pod: str, containers: dict[str, dict[str, Any]] | None = None
+) -> dict[str, str]:
     """containerd's view of the Pod's ``amphora`` container: container id -> task status."""
     tasks = node.tasks()
     found = {}
-    for cid, record in node.containers().items():
+    for cid, record in (node.containers() if containers is None else containers).items():
         labels = record.get("Labels", {})
         if (
             labels.get("io.kubernetes.pod.namespace") == namespace
@@ -304,25 +306,33 @@ def test_twenty_amphorae_become_ready(
         time.sleep(0.2)
     assert len(active_at) == count, f"{count - len(active_at)} of {count} never became ACTIVE"
     core = k8s.CoreV1Api(kube_api)
-    latencies = []
+    to_active, to_ready = [], []
     for amphora_id, name in owners.items():
         pod = core.read_namespaced_pod(f"{name}-0", restricted_namespace)
-        latencies.append(active_at[amphora_id] - pod.metadata.creation_timestamp.timestamp())
-    latencies.sort()
-    p50 = statistics.median(latencies)
-    p99 = latencies[min(count - 1, int(0.99 * count))]
-    record_property("pod_to_active_p50_s", round(p50, 2))
-    record_property("pod_to_active_p99_s", round(p99, 2))
+        created = pod.metadata.creation_timestamp.timestamp()
+        (ready,) = [c for c in pod.status.conditions if c.type == "Ready"]
+        to_ready.append(ready.last_transition_time.timestamp() - created)
+        to_active.append(active_at[amphora_id] - created)
+
+    def p50_p99(values: list[float]) -> tuple[float, float]:
+        values = sorted(values)
+        return statistics.median(values), values[min(count - 1, int(0.99 * count))]
+
+    (ready50, ready99), (active50, active99) = p50_p99(to_ready), p50_p99(to_active)
+    record_property("pod_to_ready_p50_p99_s", (round(ready50, 1), round(ready99, 1)))
+    record_property("pod_to_active_p50_p99_s", (round(active50, 1), round(active99, 1)))
     record_property("node_start_s", round(real_node.started_in or 0.0, 2))
     print(
-        f"\nreal node start {real_node.started_in:.1f} s; {count} amphorae Pod created -> "
-        f"ACTIVE p50 {p50:.1f} s, p99 {p99:.1f} s"
+        f"\nreal node start {real_node.started_in:.1f} s; {count} amphorae built at once: "
+        f"Pod created -> Pod Ready p50 {ready50:.1f} s, p99 {ready99:.1f} s (API, 1 s "
+        f"resolution); -> driver reports ACTIVE p50 {active50:.1f} s, p99 {active99:.1f} s"
     )
+    containers = real_node.containers()
     running = [
         cid
         for amphora_id in owners
         for cid, status in amphora_tasks(
-            real_node, restricted_namespace, f"{owners[amphora_id]}-0"
+            real_node, restricted_namespace, f"{owners[amphora_id]}-0", containers
         ).items()
         if status == "RUNNING"
     ]

@@ -74,12 +74,16 @@ def test_container_amphora_is_ready_when_it_serves_under_restricted(
 
     api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "real-a")
 
-    def containers() -> list[str]:
+    def running() -> list[str]:
+        """Processes of the namespace still running (test_real_node.py waits out the GC)."""
+        containers = real_node.containers()
         return [
             cid
-            for cid, record in real_node.containers().items()
-            if record.get("Labels", {}).get("io.kubernetes.pod.namespace") == namespace
+            for cid, status in real_node.tasks().items()
+            if status == "RUNNING"
+            and containers.get(cid, {}).get("Labels", {}).get("io.kubernetes.pod.namespace")
+            == namespace
         ]
 
-    wait_for(containers, lambda left: left == [], timeout=90)
+    wait_for(running, lambda left: left == [], timeout=90)
     assert operator.process is not None and operator.process.poll() is None
