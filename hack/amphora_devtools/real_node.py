@@ -61,7 +61,14 @@ CNI_NETWORK = "amphora-real-node"
 CNI_RESULTS = Path("/var/lib/cni/results")
 #: Directories containerd's shims and runc create outside the state dir; removed when empty.
 RUNTIME_DIRS = tuple(
-    Path(p) for p in ("/run/containerd/s", "/run/containerd/fifo", "/run/containerd/runc/k8s.io")
+    Path(p)
+    for p in (
+        "/run/containerd/s",
+        "/run/containerd/fifo",
+        "/run/containerd/runc/k8s.io",
+        "/run/containerd/runc",
+        "/run/containerd",
+    )
 )
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 K8S_NAMESPACE = "k8s.io"  # containerd's namespace for CRI (kubelet) containers
@@ -244,7 +251,7 @@ class RealNode:
         self._remove_log_links()
         for cached in self._cni_results():
             cached.unlink(missing_ok=True)
-        for directory in (*RUNTIME_DIRS, *(d.parent for d in RUNTIME_DIRS)):
+        for directory in RUNTIME_DIRS:  # deepest first
             with contextlib.suppress(OSError):
                 directory.rmdir()  # only if empty: another containerd may use them
         with contextlib.suppress(FileNotFoundError):
