@@ -9,8 +9,8 @@ from pathlib import Path
 
 PLUGIN = Path(__file__).resolve().parents[2] / "integrations" / "octavia"
 #: What Octavia's own environment provides, plus the plugin's one addition (kubernetes).
-ALLOWED = {"amphora_octavia", "kubernetes", "octavia", "oslo_config", "oslo_log", "tenacity",
-           "urllib3"}  # fmt: skip
+ALLOWED = {"amphora_octavia", "kubernetes", "novaclient", "octavia", "oslo_config", "oslo_log",
+           "tenacity", "urllib3"}  # fmt: skip
 
 
 def _imported_roots(path: Path) -> set[str]:

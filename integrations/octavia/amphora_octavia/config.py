@@ -59,10 +59,23 @@ OPTS = [
         "a Container amphora needs every network listed.",
     ),
     cfg.StrOpt(
+        "key_source",
+        default="nova",
+        choices=[
+            (
+                "nova",
+                "the public key of the Nova keypair amp_ssh_key_name, read with Octavia's "
+                "own Nova client ([service_auth], [nova])",
+            ),
+            ("file", "<ssh_public_keys_dir>/<amp_ssh_key_name>.pub, no OpenStack needed"),
+        ],
+        help="Where the public key of [controller_worker] amp_ssh_key_name comes from.",
+    ),
+    cfg.StrOpt(
         "ssh_public_keys_dir",
         default="/etc/octavia/amphora-ssh-keys",
-        help="Directory holding '<key_name>.pub' (OpenSSH public keys, one a line) for "
-        "[controller_worker] amp_ssh_key_name.",
+        help="With key_source = file: the directory holding '<key_name>.pub' (OpenSSH public "
+        "keys, one a line) for [controller_worker] amp_ssh_key_name.",
     ),
     cfg.FloatOpt(
         "request_timeout",

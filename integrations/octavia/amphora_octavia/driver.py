@@ -36,7 +36,8 @@ import urllib3.exceptions
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
-from octavia.common import constants, exceptions
+from novaclient import exceptions as nova_exceptions
+from octavia.common import clients, constants, exceptions
 from octavia.common import data_models as models
 from octavia.compute import compute_base
 from oslo_config import cfg
@@ -108,6 +109,7 @@ class AmphoraK8sComputeDriver(compute_base.ComputeBase):  # type: ignore[misc]
         opts = CONF.amphora_k8s
         self.settings = settings_from(CONF)
         self._timeout = float(opts.request_timeout)
+        self._key_source = str(opts.key_source)
         self._keys_dir = str(opts.ssh_public_keys_dir)
         self._client = _api_client(opts.kubeconfig, opts.context)
         self._custom = k8s.CustomObjectsApi(self._client)
@@ -188,9 +190,11 @@ class AmphoraK8sComputeDriver(compute_base.ComputeBase):  # type: ignore[misc]
         return compute_id
 
     def _public_keys(self, key_name: str | None) -> list[str]:
-        """OpenSSH keys of ``<ssh_public_keys_dir>/<key_name>.pub`` (Nova keypairs' stand-in)."""
+        """The public keys ``key_name`` stands for (``[amphora_k8s] key_source``)."""
         if not key_name:
             return []
+        if self._key_source == "nova":
+            return [self._nova_public_key(key_name)]
         if not _KEY_NAME.match(key_name):
             raise PlanError(f"key_name {key_name!r}: not a plain file name")
         path = os.path.join(self._keys_dir, f"{key_name}.pub")
@@ -205,6 +209,24 @@ class AmphoraK8sComputeDriver(compute_base.ComputeBase):  # type: ignore[misc]
         if not keys:
             raise PlanError(f"key_name {key_name}: {path} holds no public key")
         return keys
+
+    @staticmethod
+    def _nova_public_key(key_name: str) -> str:
+        """The Nova keypair's public key, through Octavia's own Nova client and credentials."""
+        nova = clients.NovaAuth.get_nova_client(
+            service_name=CONF.nova.service_name,
+            endpoint=CONF.nova.endpoint,
+            region=CONF.nova.region_name,
+            endpoint_type=CONF.nova.endpoint_type,
+            insecure=CONF.nova.insecure,
+            cacert=CONF.nova.ca_certificates_file,
+        )
+        try:
+            return str(nova.keypairs.get(key_name).public_key).strip()
+        except nova_exceptions.NotFound as e:
+            raise PlanError(f"key_name {key_name}: Nova has no such keypair") from e
+        except Exception as e:
+            raise PlanError(f"key_name {key_name}: reading the Nova keypair failed: {e}") from e
 
     def _adopt_secret(self, compute_id: str, amphora: Mapping[str, Any]) -> None:
         """Make the Secret owned by the Amphora; on failure delete() still removes it by name."""
