@@ -40,7 +40,6 @@ MAX_LIST = 16
 USER_DATA_KEY = "user-data"
 
 _ABSOLUTE_PATH = re.compile(r"^(/[^/]+)+$")
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _TAG = re.compile(r"^[^/,\x00-\x1f]{1,60}$")
 _SSH_KEY = re.compile(
@@ -388,7 +387,3 @@ def validation_probe(settings: Settings, **spec: Any) -> dict[str, Any]:
         "metadata": {"generateName": "validation-", "namespace": settings.namespace},
         "spec": body,
     }
-
-
-def is_dns_label(value: str) -> bool:
-    return bool(_DNS_LABEL.match(value)) and len(value) <= 63
