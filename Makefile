@@ -6,7 +6,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo demo-down test venv control-plane nova-box lint crd bench
+.PHONY: demo demo-down test venv control-plane nova-box kstatus lint crd bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ control-plane:
 nova-box:
 	bash hack/nova-box/install.sh
 
+kstatus:
+	bash hack/kstatus/build.sh
+
 ## Run the main job: local control plane, operator, sample Amphorae, `kubectl get amphorae`.
 demo: venv control-plane
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash hack/demo.sh up
@@ -33,7 +36,7 @@ demo-down:
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash hack/demo.sh down
 
 ## Run the whole test suite against the real control plane and the real Nova API.
-test: venv control-plane nova-box
+test: venv control-plane nova-box kstatus
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash hack/run-tests.sh
 
 lint: venv
