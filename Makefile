@@ -6,7 +6,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo demo-down test venv control-plane nova-box real-node lint crd bench
+.PHONY: demo demo-down test venv control-plane nova-box real-node kstatus lint crd bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ real-node: control-plane
 	bash hack/real-node/install.sh
 	bash hack/real-node/build-kubelet.sh
 
+# The kstatus tool (cli-utils) the status tests judge Amphorae with.
+kstatus:
+	bash hack/kstatus/build.sh
+
 ## Run the main job: local control plane, operator, sample Amphorae, `kubectl get amphorae`.
 demo: venv control-plane real-node
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash hack/demo.sh up
@@ -38,7 +42,7 @@ demo-down:
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash hack/demo.sh down
 
 ## Run the whole test suite against the real control plane and the real Nova API.
-test: venv control-plane nova-box real-node
+test: venv control-plane nova-box real-node kstatus
 	bash hack/octavia/install.sh >/dev/null  # Octavia 19's own venv for tests/octavia
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash hack/run-tests.sh
 
