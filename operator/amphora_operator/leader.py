@@ -156,6 +156,12 @@ async def _in_thread(fn: Callable[[], T], timeout: float) -> T:
     return await asyncio.wait_for(asyncio.to_thread(fn), timeout)
 
 
+def _status(error: Exception) -> int | None:
+    """The HTTP status of an API error; None when there was no answer (reset, timeout)."""
+    status = getattr(error, "status", None)
+    return status if isinstance(status, int) else None
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -292,7 +298,7 @@ class LeaseElector:
                 errors += 1
                 log.warning(
                     "lease acquisition failed; retrying",
-                    extra={"error": type(e).__name__, "attempt": errors},
+                    extra={"error": type(e).__name__, "status": _status(e), "attempt": errors},
                 )
                 await self._sleep(self._jitter(self._backoff(errors)))
                 continue
@@ -325,7 +331,10 @@ class LeaseElector:
                 if await self._run_blocking(self.try_acquire_or_renew, timeout):
                     continue
             except Exception as e:  # retried until the deadline
-                log.warning("lease renewal failed; retrying", extra={"error": type(e).__name__})
+                log.warning(
+                    "lease renewal failed; retrying",
+                    extra={"error": type(e).__name__, "status": _status(e)},
+                )
                 continue
             if self._held_by_other():
                 break

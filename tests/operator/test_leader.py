@@ -68,11 +68,11 @@ class VirtualTime:
         heapq.heappush(self._queue, (max(when, self.now), next(self._order), future))
         await future
 
-    async def run(self, until: float, every: Callable[[], None], step: float = 0.05) -> None:
+    async def run(self, until: float, every: Callable[[], None], step: float = 0.1) -> None:
         sample = self.now
         stalled = 0
         while True:
-            for _ in range(30):  # let every runnable coroutine reach its next sleep
+            for _ in range(8):  # let every runnable coroutine reach its next sleep
                 await asyncio.sleep(0)
             every()
             stalled = stalled + 1 if self._queue and self._queue[0][0] <= self.now else 0
