@@ -5,6 +5,8 @@ apiserver cannot be made to fail exactly the n-th call, and a real clock cannot 
 replica paused deterministically (tests/reliability/test_ha.py does those end to end).
 
 Safety is checked at every virtual instant: at most one replica's ``may_act()`` is True.
+Also here: kopf's real /healthz server failing once the election task died, and the fence at
+``Backend.call`` refusing mutating driver calls.
 """
 
 from __future__ import annotations
@@ -528,3 +530,51 @@ def test_healthz_fails_when_the_election_task_has_died() -> None:
         loop.run_until_complete(asyncio.gather(alive, return_exceptions=True))
     finally:
         loop.close()
+
+
+# -- the fence at the backend ------------------------------------------------------------------
+
+
+def test_the_backend_refuses_mutating_calls_once_the_fence_closes() -> None:
+    """Backend.call checks the elector's may_act in the worker thread, right before the driver:
+    reads go on (a follower may look), build/delete/suspend/resume are refused."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from amphora_drivers import AmphoraType, BreakerSettings, BuildRequest, CircuitBreaker
+    from amphora_drivers.noop import NoopDriver
+    from amphora_operator.backends import Backend, NotLeading
+    from amphora_operator.metrics import Metrics
+
+    fence = {"open": True}
+    driver = NoopDriver()
+    request = BuildRequest(
+        name="n", amphora_type=AmphoraType.VM, amphora_flavor="f", image_id="i", owner="o-0"
+    )
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(2) as executor:
+            backend = Backend(
+                profile="noop",
+                driver=driver,
+                breaker=CircuitBreaker(BreakerSettings(), name="noop"),
+                executor=executor,
+                timeout=5,
+                metrics=Metrics(),
+                fence=lambda: fence["open"],
+            )
+            built = await backend.call("build_from", request)
+            fence["open"] = False
+            assert [i.id for i in await backend.call("find", owner="o-0")] == [built]
+            for method, args in [
+                ("build_from", (request,)),
+                ("delete", (built,)),
+                ("suspend", (built,)),
+                ("resume", (built,)),
+            ]:
+                with pytest.raises(NotLeading):
+                    await backend.call(method, *args)
+            assert backend.breaker.state.name == "CLOSED", "a refusal is no backend failure"
+
+    asyncio.run(scenario())
+    # build_from adopts before it creates; nothing reached the driver after the fence closed.
+    assert [c.method for c in driver.calls] == ["find", "create", "find"]
