@@ -26,13 +26,20 @@ from amphora_drivers import (
 from amphora_operator.config import OperatorConfig, ProfileConfig
 from amphora_operator.metrics import Metrics
 
-__all__ = ["Backend", "BackendPool", "UnknownProfileError"]
+__all__ = ["MUTATING", "Backend", "BackendPool", "NotLeading", "UnknownProfileError"]
+
+#: Driver methods that change the backend: refused unless the fence allows them.
+MUTATING = frozenset({"build", "build_from", "create", "delete", "suspend", "resume"})
 
 T = TypeVar("T")
 
 
 class UnknownProfileError(LookupError):
     """spec.driver names no configured profile."""
+
+
+class NotLeading(RuntimeError):
+    """A mutating call was refused: this replica may no longer act (it lost the Lease)."""
 
 
 class Backend:
@@ -47,8 +54,11 @@ class Backend:
         executor: ThreadPoolExecutor,
         timeout: float,
         metrics: Metrics,
+        fence: Callable[[], bool] | None = None,
     ) -> None:
         self.profile = profile
+        #: Checked in the worker thread right before each mutating call (see leader.py).
+        self.fence = fence
         self.driver = driver
         self.breaker = breaker
         self.executor = executor
@@ -62,7 +72,7 @@ class Backend:
         started = time.perf_counter()
         try:
             future = loop.run_in_executor(
-                self.executor, lambda: self.breaker.call(fn, *args, **kwargs)
+                self.executor, lambda: self._fenced(method, fn, *args, **kwargs)
             )
             return await asyncio.wait_for(future, self.timeout)
         except TimeoutError as e:
@@ -84,13 +94,27 @@ class Backend:
                 0 if self.breaker.state is BreakerState.CLOSED else 1
             )
 
+    def _fenced(self, method: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self.fence is not None and method in MUTATING and not self.fence():
+            raise NotLeading(f"{self.profile}.{method} refused: this replica no longer leads")
+        return self.breaker.call(fn, *args, **kwargs)
+
 
 class BackendPool:
     """Creates backends lazily, so a profile that is never used never needs credentials."""
 
-    def __init__(self, config: OperatorConfig, metrics: Metrics, *, api_client: Any = None) -> None:
+    def __init__(
+        self,
+        config: OperatorConfig,
+        metrics: Metrics,
+        *,
+        api_client: Any = None,
+        fence: Callable[[], bool] | None = None,
+    ) -> None:
         """``api_client`` is handed to drivers that take one (the container driver), so they
-        act with the operator's own Kubernetes credentials rather than ambient ones."""
+        act with the operator's own Kubernetes credentials rather than ambient ones.
+        ``fence`` (the leader's ``may_act``) must allow each mutating call, else NotLeading."""
+        self.fence = fence
         self.config = config
         self.metrics = metrics
         self.api_client = api_client
@@ -143,6 +167,7 @@ class BackendPool:
                 executor=self._executors[profile],
                 timeout=self.config.reconcile.driver_call_timeout,
                 metrics=self.metrics,
+                fence=self.fence,
             )
         return self._backends[key]
 

@@ -6,11 +6,19 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from amphora_operator.model import SpecType
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
-__all__ = ["BreakerConfig", "OperatorConfig", "ProfileConfig", "ReconcileConfig", "load_config"]
+from amphora_operator.model import SpecType
+
+__all__ = [
+    "BreakerConfig",
+    "LeaderElectionConfig",
+    "OperatorConfig",
+    "ProfileConfig",
+    "ReconcileConfig",
+    "load_config",
+]
 
 
 class _Config(BaseModel):
@@ -56,6 +64,53 @@ class ReconcileConfig(_Config):
     ] = 2.0
 
 
+class LeaderElectionConfig(_Config):
+    """Timing of the Lease that lets one replica act (``run --leader-election``).
+
+    The defaults are client-go's. ``leaseDuration - renewDeadline`` is the safety margin: the
+    leader stops acting that long before any other replica may take over.
+    """
+
+    lease_duration: Annotated[
+        float,
+        Field(
+            ge=1,
+            description="Seconds a follower waits after it last saw the Lease change before "
+            "taking it over.",
+        ),
+    ] = 15.0
+    renew_deadline: Annotated[
+        float,
+        Field(
+            gt=0,
+            description="Seconds the leader may act after its last successful renewal was "
+            "sent; must be below leaseDuration.",
+        ),
+    ] = 10.0
+    retry_period: Annotated[
+        float,
+        Field(
+            gt=0,
+            description="Seconds between attempts to acquire or renew (jittered; API errors "
+            "back off from here).",
+        ),
+    ] = 2.0
+
+    @property
+    def request_timeout(self) -> float:
+        """Seconds one Lease API call may take: a retry period, at most a third of the renew
+        deadline (so a renewal can be retried before the deadline), at least half a second."""
+        return max(0.5, min(self.retry_period, self.renew_deadline / 3))
+
+    @model_validator(mode="after")
+    def _margins(self) -> LeaderElectionConfig:
+        if not self.renew_deadline < self.lease_duration:
+            raise ValueError("renewDeadline must be less than leaseDuration")
+        if not self.retry_period < self.renew_deadline:
+            raise ValueError("retryPeriod must be less than renewDeadline")
+        return self
+
+
 def _default_profiles() -> dict[str, ProfileConfig]:
     return {
         "nova": ProfileConfig(driver="nova"),
@@ -75,6 +130,7 @@ class OperatorConfig(_Config):
         Field(description="Profile used per amphora type when spec.driver is unset."),
     ] = {SpecType.VM: "nova", SpecType.BARE_METAL: "nova", SpecType.CONTAINER: "container"}
     reconcile: ReconcileConfig = ReconcileConfig()
+    leader_election: LeaderElectionConfig = LeaderElectionConfig()
 
 
 def load_config(path: str | Path | None) -> OperatorConfig:

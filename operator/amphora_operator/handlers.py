@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,11 +22,11 @@ from amphora_operator.backends import BackendPool
 from amphora_operator.config import OperatorConfig
 from amphora_operator.controller import Controller
 from amphora_operator.kube import KubeGateway
-from amphora_operator.leader import LeaseElector
+from amphora_operator.leader import KubeLeaseApi, LeaseElector
 from amphora_operator.metrics import Metrics
 from amphora_operator.model import FINALIZER, GROUP, PLURAL, VERSION
 
-__all__ = ["RunOptions", "make_registry"]
+__all__ = ["RunOptions", "make_elector", "make_registry", "tasks_alive"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,31 @@ def api_client_for(kubeconfig: str | None, pool_size: int) -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
+def make_elector(options: RunOptions, api: client.ApiClient) -> LeaseElector:
+    """The Lease elector of this replica, timed by the config's ``leaderElection`` group."""
+    settings = options.config.leader_election
+    lease_api = KubeLeaseApi(
+        api,
+        namespace=options.lease_namespace,
+        name="amphora-operator",
+        request_timeout=settings.request_timeout,
+    )
+    return LeaseElector(lease_api, identity=options.identity, settings=settings)
+
+
+def tasks_alive(tasks: list[asyncio.Task[None]]) -> str:
+    """Liveness: raise once a background task (the elector and poller) has ended.
+
+    kopf runs probes for /healthz; with ``errors=PERMANENT`` a probe that raises makes it
+    answer 500 at once (the default, TEMPORARY, would retry and hang the request).
+    """
+    for task in tasks:
+        if task.done():
+            reason = "cancelled" if task.cancelled() else repr(task.exception())
+            raise kopf.PermanentError(f"the leader election and polling task ended: {reason}")
+    return "running"
+
+
 def make_registry(options: RunOptions) -> kopf.OperatorRegistry:
     """Register the operator's handlers in a fresh registry (one per operator instance)."""
     registry = kopf.OperatorRegistry()
@@ -117,30 +143,40 @@ def make_registry(options: RunOptions) -> kopf.OperatorRegistry:
             runtime.metrics_server = start_http_server(
                 options.metrics_port, registry=metrics.registry
             )
+        elector = make_elector(options, api) if options.leader_election else None
         runtime.controller = Controller(
             config=options.config,
-            backends=BackendPool(options.config, metrics, api_client=api),
+            backends=BackendPool(
+                options.config,
+                metrics,
+                api_client=api,
+                fence=elector.may_act if elector is not None else None,
+            ),
             kube=KubeGateway(api),
             metrics=metrics,
-        )
-        elector = (
-            LeaseElector(api, namespace=options.lease_namespace, identity=options.identity)
-            if options.leader_election
-            else None
         )
         # Start-up returns at once so that /healthz answers while a follower waits its turn.
         runtime.tasks.append(asyncio.create_task(lead(runtime.controller, elector)))
 
     async def lead(controller: Controller, elector: LeaseElector | None) -> None:
-        """Act only as the leader: handlers wait on ``leading``; the poller starts with it."""
+        """Act only as the leader: handlers wait on ``leading``; the poller starts with it.
+
+        A replica that loses the Lease exits (crash-only: it restarts as a follower); by then
+        the elector's fence already refuses mutating backend calls.
+        """
         if elector is not None:
             await elector.acquire()
         runtime.leading.set()
         poller = asyncio.create_task(controller.run_poller())
         try:
-            if elector is not None:
-                await elector.keep()
-            await poller
+            if elector is None:
+                await poller
+                return
+            await elector.keep()
+            runtime.leading.clear()
+            log.error("lost leadership; exiting so that only one replica acts")
+            logging.shutdown()
+            os._exit(70)
         finally:
             poller.cancel()
 
@@ -187,6 +223,10 @@ def make_registry(options: RunOptions) -> kopf.OperatorRegistry:
         metrics.handler_seconds.labels("delete").observe(time.perf_counter() - started)
         if waiting is not None:
             raise kopf.TemporaryError(waiting, delay=settings_config.delete_retry)
+
+    @kopf.on.probe(id="alive", registry=registry, errors=kopf.ErrorsMode.PERMANENT)
+    def alive(**_: Any) -> str:
+        return tasks_alive(runtime.tasks)
 
     @kopf.on.probe(id="leading", registry=registry)
     def leading(**_: Any) -> bool:
