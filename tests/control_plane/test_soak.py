@@ -120,7 +120,6 @@ def test_a_sigkilled_owner_leaves_nothing_and_the_next_up_works(
         assert not pid_file.exists(), "up() reaped the crashed owner's pid file"
         assert again.is_ready()
         again.down()
-        assert reap_orphans() == []
     finally:
         assert _stop_leftovers(tmp_path) == []
 
@@ -142,7 +141,8 @@ def test_a_detached_plane_survives_its_starter_and_stops_from_another_process(
         plane = LocalControlPlane(state)
         assert plane.is_ready()
         assert not plane._pid_file.path.exists(), "no pid file: nothing for reapers to take"
-        assert reap_orphans() == [] and len(processes_with(str(state))) == 5
+        reap_orphans()  # what a later test run does first: it must leave this plane alone
+        assert len(processes_with(str(state))) == 5
 
         down = subprocess.run(
             [str(dev), "cluster", "down", "--state-dir", str(state)],

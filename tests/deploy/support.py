@@ -243,6 +243,11 @@ class OperatorRun(OperatorProcess):
             log_format="plain", health=True, env=env,
         )  # fmt: skip
 
+    @property
+    def args(self) -> list[str]:
+        """The extra command-line arguments it was given."""
+        return self.extra_args
+
     def start(self) -> None:
         super().start()
         self.wait_ready(TIMEOUT)
