@@ -11,7 +11,7 @@ import argparse
 import json
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -192,7 +192,7 @@ _RECORD = "operator.json"
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """``start``/``stop``: shared by ``python -m`` and ``amphora-dev operator``."""
+    """``amphora-dev operator start|stop``."""
     commands = parser.add_subparsers(dest="command", required=True)
     start = commands.add_parser("start", help="start a detached operator; wait for /healthz")
     start.add_argument("--workdir", type=Path, required=True, help="config, logs, pid record")
@@ -238,15 +238,3 @@ def _cmd_stop(args: argparse.Namespace) -> int:
         record.terminate_group()
         path.unlink()
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m amphora_devtools.operator_process")
-    configure_parser(parser)
-    args = parser.parse_args(argv)
-    handler: Callable[[argparse.Namespace], int] = args.handler
-    return handler(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
