@@ -18,11 +18,11 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-# README.md* : the wheel's long description, when the repository has one.
+# README.md* : the wheel's long description, when the repository has one. The dev harness
+# (hack/, distribution amphora-devtools) is not copied: the image carries only the product.
 COPY pyproject.toml README.md* ./
 COPY operator/ operator/
 COPY drivers/ drivers/
-COPY hack/amphora_devtools/ hack/amphora_devtools/
 RUN python -m pip wheel --wheel-dir /wheels .
 
 # --- runtime

@@ -12,9 +12,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# Install the project and its test tools (re-run when pyproject.toml changes).
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test,bench]'
+# Install the project, its test tools and the dev harness (hack/: a distribution of its own,
+# never in the image); re-run when either pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml hack/pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test,bench]' -e ./hack
 	touch $@
 
 venv: $(VENV)/.installed

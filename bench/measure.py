@@ -10,14 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping
@@ -27,14 +21,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import amphora_devtools.operator_process as devtools
 import urllib3
-import yaml
-from amphora_devtools.control_plane import free_port
+from amphora_devtools.configs import noop_config as devtools_noop_config
+from amphora_devtools.crd import install_crd
+from amphora_devtools.metrics import histogram, metric, parse
 from amphora_operator.model import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes import watch as k8s_watch
-from prometheus_client.parser import text_string_to_metric_families
 
 __all__ = [
     "Measurement",
@@ -49,8 +44,6 @@ __all__ = [
     "run_operator",
 ]
 
-REPO = Path(__file__).resolve().parent.parent
-CRD_FILE = REPO / "crds" / "amphorae.amphora-operator.dev.yaml"
 READY = "Ready"
 #: Created and waited for before the clock starts: connections, imports and caches warm up.
 WARMUP = "warmup"
@@ -69,40 +62,9 @@ def api_client(kubeconfig: Path, pool_size: int = 32) -> k8s.ApiClient:
     return k8s.ApiClient(configuration)
 
 
-def install_crd(client: k8s.ApiClient, timeout: float = 60.0) -> None:
-    """Create or replace the committed CRD and wait until it is Established."""
-    manifest = yaml.safe_load(CRD_FILE.read_text())
-    name = manifest["metadata"]["name"]
-    ext = k8s.ApiextensionsV1Api(client)
-    try:
-        ext.create_custom_resource_definition(manifest)
-    except k8s.ApiException as e:
-        if e.status != 409:
-            raise
-        manifest["metadata"]["resourceVersion"] = ext.read_custom_resource_definition(
-            name
-        ).metadata.resource_version
-        ext.replace_custom_resource_definition(name, manifest)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        conditions = ext.read_custom_resource_definition(name).status.conditions or []
-        if any(c.type == "Established" and c.status == "True" for c in conditions):
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"CRD {name} not Established within {timeout:.0f} s")
-
-
 def noop_config(build_seconds: float) -> dict[str, Any]:
     """Operator config: every type on the noop driver, otherwise the shipped defaults."""
-    return {
-        "profiles": {
-            "noop": {
-                "driver": "noop",
-                "options": {"build_seconds": build_seconds, "call_latency": 0},
-            }
-        },
-        "defaults": {"VM": "noop", "BareMetal": "noop", "Container": "noop"},
-    }
+    return devtools_noop_config(options={"build_seconds": build_seconds, "call_latency": 0})
 
 
 def vm_spec(_name: str) -> dict[str, Any]:
@@ -318,16 +280,10 @@ def apiserver_requests(client: k8s.ApiClient) -> Counter[str]:
     response = client.call_api(method, url, headers, body, post, _request_timeout=30)
     response.read()
     counts: Counter[str] = Counter()
-    for family in text_string_to_metric_families(response.data.decode()):
-        if family.name != "apiserver_request":
-            continue
-        for sample in family.samples:
-            labels = sample.labels
-            if sample.name != "apiserver_request_total" or labels.get("verb") == "WATCH":
-                continue
-            if labels.get("resource") in COUNTED_RESOURCES:
-                sub = f"/{labels['subresource']}" if labels.get("subresource") else ""
-                counts[f"{labels['verb']} {labels['resource']}{sub}"] += int(sample.value)
+    for labels, value in parse(response.data.decode()).get("apiserver_request_total", []):
+        if labels.get("verb") != "WATCH" and labels.get("resource") in COUNTED_RESOURCES:
+            sub = f"/{labels['subresource']}" if labels.get("subresource") else ""
+            counts[f"{labels['verb']} {labels['resource']}{sub}"] += int(value)
     return counts
 
 
@@ -349,96 +305,27 @@ def _settled_requests(
 # -- the operator under test -----------------------------------------------------------------
 
 
-class OperatorProcess:
-    """``amphora-operator run`` as a child in its own session, watching one namespace."""
+class OperatorProcess(devtools.OperatorProcess):
+    """``amphora-operator run`` watching one namespace, serving /metrics on a free port;
+    ``start()`` returns once /metrics answers (start-up ran)."""
 
     def __init__(
-        self, kubeconfig: Path, namespace: str, config: Mapping[str, Any], log_path: Path
+        self, kubeconfig: Path, namespace: str, config: Mapping[str, Any], workdir: Path, name: str
     ) -> None:
-        self.kubeconfig = kubeconfig
-        self.namespace = namespace
-        self.config = dict(config)
-        self.log_path = log_path
-        self.metrics_port = 0
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> OperatorProcess:
-        self.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
+        super().__init__(
+            kubeconfig=kubeconfig, workdir=workdir, config=config, namespace=namespace,
+            metrics=True, name=name,
+        )  # fmt: skip
 
     def start(self, timeout: float = 60.0) -> None:
-        """Spawn the operator and wait until its /metrics answers (start-up ran)."""
-        config_path = self.log_path.with_suffix(".config.yaml")
-        config_path.write_text(yaml.safe_dump(self.config))
-        self.metrics_port = free_port()
-        command = [
-            sys.executable, "-m", "amphora_operator.cli", "run",
-            "--config", str(config_path), "--kubeconfig", str(self.kubeconfig),
-            "--namespace", self.namespace, "--metrics-port", str(self.metrics_port),
-            "--health-port", "0", "--log-format", "json",
-        ]  # fmt: skip
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the operator exited: {self.log_tail()}")
-            with contextlib.suppress(OSError):
-                self.metrics_text()
-                return
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"no /metrics within {timeout:.0f} s: {self.log_tail()}")
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        """SIGTERM the operator's process group; SIGKILL after 15 s."""
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(15)
-
-    def metrics_text(self) -> str:
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            text: str = response.read().decode()
-            return text
+        super().start()
+        self.wait_ready(timeout)
 
     def scrape(self) -> tuple[dict[str, list[Bucket]], float]:
         """(amphora_handler_seconds buckets per handler, amphora_status_writes_total)."""
-        buckets: dict[str, list[Bucket]] = {}
-        writes = 0.0
-        for family in text_string_to_metric_families(self.metrics_text()):
-            for sample in family.samples:
-                if sample.name == "amphora_handler_seconds_bucket":
-                    bound = float(sample.labels["le"])
-                    buckets.setdefault(sample.labels["handler"], []).append((bound, sample.value))
-                elif sample.name == "amphora_status_writes_total":
-                    writes = sample.value
-        return buckets, writes
-
-    def peak_rss_bytes(self) -> int:
-        """VmHWM: the highest resident set size the operator process has had."""
-        assert self.process is not None
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmHWM in /proc/<pid>/status")
-
-    def log_tail(self, lines: int = 20) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return f"tail of {self.log_path}:\n" + "\n".join(text.splitlines()[-lines:])
+        samples = self.metrics()
+        buckets = histogram(samples, "amphora_handler_seconds", by="handler")
+        return buckets, metric(samples, "amphora_status_writes_total")
 
 
 # -- runs ------------------------------------------------------------------------------------
@@ -659,9 +546,10 @@ def run_operator(
     ``inspect(watch, latency_by_name)`` returns scenario-specific results (``extra``).
     """
     with api_client(kubeconfig) as client, _namespace(client, f"bench-{scenario}-{n}") as ns:
-        log_path = workdir / f"operator-{scenario}-{n}.log"
         with (
-            OperatorProcess(kubeconfig, ns, config, log_path) as operator,
+            OperatorProcess(
+                kubeconfig, ns, config, workdir, f"operator-{scenario}-{n}"
+            ) as operator,
             PhaseWatch(kubeconfig, ns) as watch,
         ):
             _create_all(client, ns, [WARMUP], 1, spec)

@@ -1,7 +1,16 @@
-"""Turn measurements into ``results.md`` (tables), ``results.json`` (raw) and ``latency.png``."""
+"""Turn measurements into ``results.md`` (tables), ``results.json`` (every figure but the raw
+latencies), ``samples.jsonl.gz`` (the raw latencies) and ``latency.png``.
+
+Stored compactly so that a new run changes a few lines, not thousands: ``results.json`` holds
+one line per measurement, and the per-Amphora latencies (thousands of numbers) go to a gzip'd
+JSON-lines file written byte-for-byte reproducibly (no timestamp in the gzip header).
+``python -m bench.report [DIR]`` renders results.md and latency.png again from those files.
+"""
 
 from __future__ import annotations
 
+import argparse
+import gzip
 import json
 import math
 from collections import Counter
@@ -14,6 +23,7 @@ from bench.measure import Measurement
 
 __all__ = [
     "Environment",
+    "load_results",
     "operator_requests",
     "plot",
     "render_markdown",
@@ -206,7 +216,8 @@ def render_markdown(env: Environment, results: Sequence[Measurement]) -> str:
         "# amphora-operator benchmarks",
         "",
         f"Produced by `{env.command}` on {env.date} (commit {env.commit}), "
-        f"{env.seconds / 60:.1f} min in total. Raw numbers: [results.json](results.json).",
+        f"{env.seconds / 60:.1f} min in total. Every figure: [results.json](results.json);"
+        f" each Amphora's latency: [{SAMPLES_FILE}]({SAMPLES_FILE}).",
         state,
         "## Machine",
         "",
@@ -323,8 +334,19 @@ def plot(results: Sequence[Measurement], path: Path) -> None:
     plt.close(fig)
 
 
-def _jsonable(m: Measurement) -> dict[str, Any]:
+SUMMARY_FILE = "results.json"
+SAMPLES_FILE = "samples.jsonl.gz"
+
+
+def _summary(m: Measurement) -> dict[str, Any]:
+    """Every field but the raw latencies, which are summarised (and stored separately)."""
     data = asdict(m)
+    del data["latencies"]
+    data["latency_summary"] = {
+        "count": m.ready,
+        **{f"p{round(q * 100)}": round(m.latency(q), 4) for q in (0.5, 0.9, 0.99)},
+        "max": round(m.latency(1.0), 4),
+    }
     data["handler_buckets"] = {
         k: [["+Inf" if math.isinf(le) else le, c] for le, c in v]
         for k, v in m.handler_buckets.items()
@@ -332,14 +354,69 @@ def _jsonable(m: Measurement) -> dict[str, Any]:
     return data
 
 
-def write_results(out: Path, env: Environment, results: Sequence[Measurement]) -> None:
-    """Write results.md, results.json and latency.png into ``out`` (rewritten after each run)."""
+def _json_line(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=True)
+
+
+def write_raw(out: Path, env: Environment, results: Sequence[Measurement]) -> None:
+    """``results.json`` (environment, then one line per measurement) and the samples file."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(
-        json.dumps(
-            {"environment": asdict(env), "results": [_jsonable(m) for m in results]}, indent=1
-        )
-        + "\n"
+    lines = ",\n  ".join(_json_line(_summary(m)) for m in results)
+    (out / SUMMARY_FILE).write_text(
+        f'{{\n "environment": {_json_line(asdict(env))},\n "results": [\n  {lines}\n ]\n}}\n'
     )
+    samples = "".join(
+        _json_line({"scenario": m.scenario, "n": m.n, "latencies": m.latencies}) + "\n"
+        for m in results
+    )
+    with (
+        (out / SAMPLES_FILE).open("wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as compressed,
+    ):
+        compressed.write(samples.encode())
+
+
+def load_results(out: Path) -> tuple[Environment, list[Measurement]]:
+    """Read back what :func:`write_raw` stored (or an older results.json with inline latencies)."""
+    data = json.loads((out / SUMMARY_FILE).read_text())
+    samples: dict[tuple[str, int], list[float]] = {}
+    if (out / SAMPLES_FILE).is_file():
+        with gzip.open(out / SAMPLES_FILE, "rt") as raw:
+            for line in raw:
+                sample = json.loads(line)
+                samples[(sample["scenario"], sample["n"])] = sample["latencies"]
+    results = []
+    for item in data["results"]:
+        item.pop("latency_summary", None)
+        latencies = item.pop("latencies", None)
+        if latencies is None:
+            latencies = samples[(item["scenario"], item["n"])]
+        item["handler_buckets"] = {
+            k: [(float(le), c) for le, c in v] for k, v in item["handler_buckets"].items()
+        }
+        results.append(Measurement(latencies=latencies, **item))
+    return Environment(**data["environment"]), results
+
+
+def write_results(out: Path, env: Environment, results: Sequence[Measurement]) -> None:
+    """Write results.md, results.json, samples.jsonl.gz and latency.png into ``out``
+    (rewritten after each run)."""
+    write_raw(out, env, results)
     (out / "results.md").write_text(render_markdown(env, results))
     plot(results, out / "latency.png")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.report",
+        description="Render results.md and latency.png again from the stored results.",
+    )
+    parser.add_argument("out", type=Path, nargs="?", default=Path(__file__).parent / "results")
+    args = parser.parse_args(argv)
+    env, results = load_results(args.out)
+    write_results(args.out, env, results)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -14,8 +14,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 state="$repo/.local/demo"
 config="$repo/hack/demo-config.yaml"
 crd="$repo/crds/amphorae.amphora-operator.dev.yaml"
-pid_file="$state/operator.pid"
-log_file="$state/operator.log"
+log_file="$state/operator-1.log"
 ready_timeout=${DEMO_READY_TIMEOUT:-120}
 # `make demo` puts the venv first on PATH; do the same when the script is run directly.
 [ -x "$repo/.venv/bin/python" ] && PATH="$repo/.venv/bin:$PATH"
@@ -25,55 +24,18 @@ if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold='' plain=''; fi
 step() { printf '%s==> %s%s\n' "$bold" "$*" "$plain"; }
 die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
 
-# The pid in the pid file, if that process is still our operator (guards against pid reuse).
-operator_pid() {
-  local pid
-  [ -f "$pid_file" ] || return 1
-  pid=$(cat "$pid_file")
-  [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q 'amphora_operator.cli run' \
-    && echo "$pid"
-}
-
-stop_operator() {
-  local pid
-  if pid=$(operator_pid); then
-    step "stopping the operator (pid $pid)"
-    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 150); do [ -d "/proc/$pid" ] || break; sleep 0.1; done
-    if [ -d "/proc/$pid" ]; then kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true; fi
-  fi
-  rm -f "$pid_file"
-}
-
-free_port() { python -c 'from amphora_devtools.control_plane import free_port; print(free_port())'; }
-
-# Wait until http://127.0.0.1:$1/healthz answers; fail with the log tail if the operator died.
-wait_healthy() {
-  local port=$1 pid=$2
-  for _ in $(seq 300); do
-    [ -d "/proc/$pid" ] || { tail -n 30 "$log_file" >&2; die "the operator exited; log: $log_file"; }
-    if python -c "import sys, urllib.request as u; u.urlopen(sys.argv[1], timeout=2)" \
-      "http://127.0.0.1:$port/healthz" 2>/dev/null; then
-      return 0
-    fi
-    sleep 0.1
-  done
-  tail -n 30 "$log_file" >&2
-  die "the operator did not answer /healthz within 30 s; log: $log_file"
-}
+# The operator and the control plane are started and stopped by the harness package
+# (amphora_devtools, `amphora-dev`), the same code the tests and benchmarks use.
+stop_operator() { amphora-dev operator stop --workdir "$state" | sed 's/^/    /'; }
 
 up() {
   local started=$SECONDS
   mkdir -p "$state"
 
   step "control plane (first run builds it from Go sources: minutes; cached afterwards)"
-  if ! python -m amphora_devtools.control_plane up --state-dir "$state" | sed 's/^/    /'; then
-    # Ports are picked free then bound by each component: another process can take one in
-    # between ("address already in use"), so one retry with fresh ports is worth it.
-    step "control plane: retrying once with fresh ports"
-    python -m amphora_devtools.control_plane up --state-dir "$state" | sed 's/^/    /' \
-      || die "the control plane did not start; logs in $state/logs"
-  fi
+  # up() itself retries a failed start on fresh state and ports (see hack/README.md).
+  amphora-dev cluster up --state-dir "$state" | sed 's/^/    /' \
+    || die "the control plane did not start; logs in $state/logs"
 
   real_node=no
   step "real kubelet Node (root and hack/real-node/install.sh's Debian packages)"
@@ -92,20 +54,11 @@ up() {
   kubectl apply -f "$crd" | sed 's/^/    /'
   kubectl wait --for=condition=Established --timeout=60s crd/amphorae.amphora-operator.dev >/dev/null
 
-  stop_operator
-  local metrics_port health_port pid
-  metrics_port=$(free_port)
-  health_port=$(free_port)
   step "starting the operator (noop driver for VM/BareMetal, container driver for Container)"
-  # In $state, where the config's relative noop state file lives; setsid makes the operator
-  # lead its own process group, so `down` stops it whole. exec keeps $! the operator's pid.
-  (cd "$state" && exec setsid python -m amphora_operator.cli run --config "$config" \
-    --kubeconfig "$KUBECONFIG" --metrics-port "$metrics_port" --health-port "$health_port" \
-    --log-format plain </dev/null >>"$log_file" 2>&1) &
-  pid=$!
-  echo "$pid" >"$pid_file"
-  wait_healthy "$health_port" "$pid"
-  echo "    pid $pid, log $log_file, metrics http://127.0.0.1:$metrics_port/metrics"
+  # In $state, where the config's relative noop state file lives; in a session of its own,
+  # so `down` stops it whole. A running one is stopped first, so it runs the current code.
+  amphora-dev operator start --workdir "$state" --config "$config" --kubeconfig "$KUBECONFIG" \
+    | sed 's/^/    /' || die "the operator did not start; log: $state/operator-1.log"
 
   step "applying examples/ (VM, BareMetal, Container and Secret-based Amphorae)"
   kubectl apply -f "$repo/examples" | sed 's/^/    /'
@@ -153,7 +106,7 @@ down() {
   fi
   if [ -f "$state/state.json" ]; then
     step "stopping the control plane"
-    python -m amphora_devtools.control_plane down --state-dir "$state" | sed 's/^/    /'
+    amphora-dev cluster down --state-dir "$state" | sed 's/^/    /'
   fi
   step "removing ${state#"$repo"/}/"
   rm -rf "$state"

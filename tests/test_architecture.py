@@ -16,4 +16,4 @@ def test_import_contracts_are_kept() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 broken" in result.stdout
-    assert "Contracts: 4 kept" in result.stdout, result.stdout
+    assert "Contracts: 5 kept" in result.stdout, result.stdout

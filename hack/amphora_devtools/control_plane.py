@@ -3,8 +3,9 @@
 These machines have no Docker, so kind cannot run; the operator's tests still need a real
 kube-apiserver (structural schemas, CEL rules, RBAC, garbage collection, watches). This module runs
 etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok (fake Nodes whose Pods
-"run") as plain processes, owns them by pid, and keeps keys, tokens, data, logs and the admin
-kubeconfig in one state directory the user can inspect.
+"run") as child processes (``amphora_devtools.processes``: real handles, whole process groups,
+a pid file that the next ``up()`` reaps after a crash), and keeps keys, tokens, data, logs and
+the admin kubeconfig in one state directory the user can inspect.
 
 CLI: ``python -m amphora_devtools.control_plane up|down|status [--state-dir DIR]``
 (also ``amphora-dev cluster ...``).
@@ -13,27 +14,47 @@ CLI: ``python -m amphora_devtools.control_plane up|down|status [--state-dir DIR]
 from __future__ import annotations
 
 import argparse
+import atexit
 import base64
-import contextlib
 import csv
+import hashlib
 import json
-import os
 import secrets
-import signal
-import socket
 import ssl
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from amphora_devtools.net import free_port, http_ok, insecure_context
+from amphora_devtools.processes import (
+    STOP_GRACE_SECONDS,
+    Child,
+    PidFile,
+    ProcessError,
+    ProcessRecord,
+    reap_orphans,
+    tail,
+    this_process,
+)
+
+__all__ = [
+    "COMPONENTS",
+    "ComponentStatus",
+    "ControlPlaneError",
+    "LocalControlPlane",
+    "build_binaries",
+    "free_port",
+]
 
 BUILD_SCRIPT = Path(__file__).resolve().parent.parent / "control-plane" / "build.sh"
 COMPONENTS: tuple[str, ...] = (
@@ -61,7 +82,8 @@ _USERS: dict[str, tuple[str, str]] = {
 }
 _LOG_TAIL_LINES = 40
 _POLL_SECONDS = 0.2
-_STOP_GRACE_SECONDS = 15.0
+#: Everything one start attempt writes; a failed attempt's copy is moved to ``failed/``.
+_ATTEMPT_STATE = ("etcd", "logs", "pki", "kubeconfigs", "kubeconfig", "state.json")
 
 Progress = Callable[[str], None]
 
@@ -107,45 +129,9 @@ def build_binaries(progress: Progress = _quiet, script: Path = BUILD_SCRIPT) -> 
             lines.append(line.rstrip("\n"))
             progress(lines[-1])
     if proc.returncode != 0 or not lines:
-        tail = "\n".join(lines)
-        raise ControlPlaneError(f"{script} exited with {proc.returncode}:\n{tail}")
+        text = "\n".join(lines)
+        raise ControlPlaneError(f"{script} exited with {proc.returncode}:\n{text}")
     return Path(lines[-1])
-
-
-def free_port() -> int:
-    """Ask the kernel for a free TCP port on 127.0.0.1 (a tiny race, fine for local runs)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _insecure_context() -> ssl.SSLContext:
-    """For health probes of the controller-manager/scheduler, whose serving certs are ad hoc."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-def _http_ok(url: str, context: ssl.SSLContext | None = None, token: str | None = None) -> bool:
-    """True when ``url`` answers 200; connection errors just mean "not yet"."""
-    request = urllib.request.Request(url)
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, context=context, timeout=5) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def _proc_stat(pid: int) -> str | None:
-    """The ``/proc/<pid>/stat`` line, or None when there is no such process."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
 
 
 def _rss_bytes(pid: int) -> int:
@@ -158,24 +144,51 @@ def _rss_bytes(pid: int) -> int:
     return 0
 
 
-class LocalControlPlane:
-    """etcd + kube-apiserver + controller-manager + scheduler + kwok, owned by pid.
+#: Planes of this process with children of their own, stopped at interpreter exit.
+_OWNED: weakref.WeakSet[LocalControlPlane] = weakref.WeakSet()
 
-    Everything lives in ``state_dir``: ``state.json`` (pids, ports, bin dir), ``logs/<name>.log``,
-    ``pki/`` (service-account keys, static tokens, the apiserver's self-signed CA), ``etcd/`` and
-    the admin ``kubeconfig``. A second instance on the same directory (e.g. the CLI's ``down``)
-    reads ``state.json`` and can stop what the first one started.
+
+@atexit.register
+def _stop_owned_planes() -> None:
+    """Nothing outlives the Python process that started it (unless started detached)."""
+    for plane in list(_OWNED):
+        plane.kill()
+
+
+class LocalControlPlane:
+    """etcd + kube-apiserver + controller-manager + scheduler + kwok as supervised children.
+
+    Everything lives in ``state_dir``: ``state.json`` (processes, ports, bin dir),
+    ``logs/<name>.log``, ``pki/`` (service-account keys, static tokens, the apiserver's
+    self-signed CA), ``etcd/``, the admin ``kubeconfig``, and ``failed/`` (the state of start
+    attempts that failed, logs included). A second instance on the same directory (the CLI's
+    ``down``) reads ``state.json`` and stops what the first one started.
+
+    ``detached=False`` (tests, bench): the processes die with this Python process, however it
+    ends (atexit, the kernel's parent-death signal, and the pid file the next ``up()`` reaps).
+    ``detached=True`` (the CLI's ``up``, the demo): they run on until ``down``.
     """
 
     def __init__(
-        self, state_dir: Path | str, bin_dir: Path | str | None = None, nodes: int = 2
+        self,
+        state_dir: Path | str,
+        bin_dir: Path | str | None = None,
+        nodes: int = 2,
+        *,
+        detached: bool = False,
     ) -> None:
         self.state_dir = Path(state_dir).resolve()
         self.nodes = nodes
+        self.detached = detached
         self._bin_dir = Path(bin_dir) if bin_dir is not None else None
         self._ports: dict[str, int] = {}
-        self._pids: dict[str, int] = {}
+        #: Children this object started (real handles).
+        self._children: dict[str, Child] = {}
+        #: Processes another process started (read from ``state.json``), e.g. the CLI's ``up``.
+        self._foreign: dict[str, ProcessRecord] = {}
         self._load_state()
+        key = hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:16]
+        self._pid_file = PidFile(f"control-plane-{key}", None if self.detached else this_process())
 
     # -- paths and credentials -------------------------------------------------------------
 
@@ -193,6 +206,11 @@ class LocalControlPlane:
     @property
     def logs_dir(self) -> Path:
         return self.state_dir / "logs"
+
+    @property
+    def failed_dir(self) -> Path:
+        """Where the state of failed start attempts is kept for a post-mortem."""
+        return self.state_dir / "failed"
 
     @property
     def ca_file(self) -> Path:
@@ -214,14 +232,7 @@ class LocalControlPlane:
 
     def log_tail(self, name: str, lines: int = _LOG_TAIL_LINES) -> str:
         """The last ``lines`` lines of a component's log ("" if it never ran)."""
-        try:
-            with self.log_path(name).open("rb") as log:
-                log.seek(0, os.SEEK_END)
-                log.seek(max(0, log.tell() - 1024 * lines))
-                text = log.read().decode(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return tail(self.log_path(name), lines)
 
     @property
     def _pki(self) -> Path:
@@ -242,26 +253,34 @@ class LocalControlPlane:
     def up(self, progress: Progress = _quiet, timeout: float = 120.0) -> None:
         """Start every component and wait until Nodes are Ready and ``default`` SA exists.
 
-        Reuses a healthy running plane in the same state dir. On any failure, stops whatever
-        was started and raises ``ControlPlaneError`` with the failing component's log tail.
+        First reaps what crashed runs left behind (their pid files). Reuses a healthy plane
+        already running on this state dir. A failed attempt SIGKILLs every process group it
+        started, moves its state to ``failed/`` and the next attempt starts on fresh state and
+        fresh ports; after the last one, ``ControlPlaneError`` carries the log tail.
         """
-        if self._pids and all(s.running for s in self.status().values()) and self.is_ready():
+        for line in reap_orphans():
+            progress(f"reaped what a crashed run left behind: {line}")
+        if self._running() == set(COMPONENTS) and self.is_ready():
             progress(f"already running: {self.server}")
             return
+        self.down()
         for attempt in range(1, _START_ATTEMPTS + 1):
-            self.down()
             try:
                 self._up(progress, timeout)
                 return
             except ControlPlaneError as error:
-                self.down()
+                self.kill()
+                kept = self._set_aside(attempt)
                 if attempt == _START_ATTEMPTS:
-                    raise
-                # Free ports are picked before the processes bind them; another process can
-                # take one meanwhile. A fresh set of ports is the fix.
-                progress(f"start failed ({str(error).splitlines()[0]}); retrying")
+                    raise ControlPlaneError(
+                        f"{error}\n(state of each attempt in {kept.parent})"
+                    ) from None
+                progress(
+                    f"attempt {attempt} failed ({str(error).splitlines()[0]}); "
+                    f"its state is in {kept}; retrying on fresh state and ports"
+                )
             except BaseException:
-                self.down()
+                self.kill()
                 raise
 
     def _up(self, progress: Progress, timeout: float) -> None:
@@ -298,21 +317,46 @@ class LocalControlPlane:
         )
 
     def down(self) -> None:
-        """Stop every recorded process (reverse start order); data and logs stay on disk."""
+        """Stop every process (reverse start order, SIGTERM then SIGKILL of each whole process
+        group); data and logs stay on disk."""
         for name in reversed(COMPONENTS):
             self._stop(name)
+        self._forget_processes()
+
+    def kill(self) -> None:
+        """SIGKILL every process group at once: after a failed start, or at interpreter exit."""
+        for name in reversed(COMPONENTS):
+            self._stop(name, grace=0)
+        self._forget_processes()
+
+    def _forget_processes(self) -> None:
+        self._pid_file.remove()
+        _OWNED.discard(self)
+        if self._state_file.is_file():
+            self._save_state()
+
+    def _set_aside(self, attempt: int) -> Path:
+        """Move a failed attempt's state to ``failed/<time>-attempt-<n>``: the next attempt
+        starts on a fresh state dir, and the logs stay for a post-mortem."""
+        kept = self.failed_dir / f"{time.strftime('%H%M%S')}-attempt-{attempt}"
+        kept.mkdir(parents=True, exist_ok=True)
+        for name in _ATTEMPT_STATE:
+            if (self.state_dir / name).exists():
+                (self.state_dir / name).replace(kept / name)
+        self._ports = {}
+        return kept
 
     def status(self) -> dict[str, ComponentStatus]:
+        running = self._running()
         result = {}
         for name in COMPONENTS:
-            pid = self._pids.get(name)
-            running = pid is not None and self._alive(name)
+            pid = self._pid(name)
             result[name] = ComponentStatus(
                 name=name,
                 pid=pid,
                 port=self._ports.get(name),
-                running=running,
-                rss_bytes=_rss_bytes(pid) if pid is not None and running else 0,
+                running=name in running,
+                rss_bytes=_rss_bytes(pid) if pid is not None and name in running else 0,
             )
         return result
 
@@ -321,7 +365,7 @@ class LocalControlPlane:
         if "kube-apiserver" not in self._ports or not self.ca_file.is_file():
             return False
         context = ssl.create_default_context(cafile=str(self.ca_file))
-        return _http_ok(f"{self.server}/readyz", context, self.admin_token)
+        return http_ok(f"{self.server}/readyz", context=context, token=self.admin_token)
 
     def stop_apiserver(self) -> None:
         self._stop("kube-apiserver")
@@ -344,81 +388,77 @@ class LocalControlPlane:
 
     # -- processes -------------------------------------------------------------------------
 
-    def _start(self, name: str, timeout: float) -> None:
-        """Spawn a component in its own session, record its pid, and wait for its health.
+    def _pid(self, name: str) -> int | None:
+        if name in self._children:
+            return self._children[name].pid
+        record = self._foreign.get(name)
+        return record.pid if record is not None else None
 
-        ``posix_spawn`` rather than ``Popen``: the processes may outlive this Python process
-        (the CLI's ``up``), so there is no Popen object to keep; ``_alive`` reaps our children.
-        """
-        args = [str(self.bin_dir / name), *self._args(name)]
-        log = self.log_path(name)
-        with log.open("ab") as out:
-            out.write(f"\n=== {time.strftime('%F %T')} {' '.join(args)}\n".encode())
-        self._pids[name] = os.posix_spawn(
-            args[0],
-            args,
-            os.environ,
-            file_actions=[
-                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                (os.POSIX_SPAWN_OPEN, 1, str(log), os.O_WRONLY | os.O_APPEND, 0),
-                (os.POSIX_SPAWN_DUP2, 1, 2),
-            ],
-            setsid=True,
+    def _running(self) -> set[str]:
+        """Components whose process runs: asked of our own handles, or, for processes another
+        process started, of the recorded (pid, start time) pairs."""
+        mine = {name for name, child in self._children.items() if child.running()}
+        return mine | {name for name, record in self._foreign.items() if record.alive()}
+
+    def _start(self, name: str, timeout: float) -> None:
+        """Spawn a component in its own session, record it, and wait for its health."""
+        if name in self._running():
+            raise ControlPlaneError(f"{name} is already running (pid {self._pid(name)})")
+        child = Child(
+            name,
+            [str(self.bin_dir / name), *self._args(name)],
+            self.log_path(name),
+            die_with_parent=not self.detached,
         )
-        self._save_state()
+        try:
+            child.start()
+        except ProcessError as error:
+            raise ControlPlaneError(str(error)) from error
+        self._children[name] = child
+        if not self.detached:
+            _OWNED.add(self)
+        self._record_processes()
         self._wait(name, "health endpoint", lambda: self._healthy(name), timeout)
 
-    def _stop(self, name: str) -> None:
-        """SIGTERM the component's process group, SIGKILL it after a grace period; forget it."""
-        pid = self._pids.get(name)
-        if pid is not None and self._alive(name):
-            self._signal(pid, signal.SIGTERM)
-            deadline = time.monotonic() + _STOP_GRACE_SECONDS
-            while self._alive(name) and time.monotonic() < deadline:
-                time.sleep(_POLL_SECONDS)
-            if self._alive(name):
-                self._signal(pid, signal.SIGKILL)
-                deadline = time.monotonic() + _STOP_GRACE_SECONDS
-                while self._alive(name) and time.monotonic() < deadline:
-                    time.sleep(_POLL_SECONDS)
-            if self._alive(name):
-                raise ControlPlaneError(f"{name} (pid {pid}) survived SIGKILL")
-        if self._pids.pop(name, None) is not None:
-            self._save_state()
-
-    @staticmethod
-    def _signal(pid: int, sig: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            if os.getpgid(pid) == pid:
-                os.killpg(pid, sig)
-            else:
-                os.kill(pid, sig)
-
-    def _alive(self, name: str) -> bool:
-        """Is the recorded pid still this component (not exited, not a zombie, not reused)?"""
-        pid = self._pids.get(name)
-        if pid is None:
-            return False
-        with contextlib.suppress(ChildProcessError):  # raised when it is not our child
-            if os.waitpid(pid, os.WNOHANG) != (0, 0):
-                return False  # our child exited and is now reaped
-        stat = _proc_stat(pid)
-        if stat is None or stat.rsplit(")", 1)[1].split()[0] == "Z":
-            return False
+    def _stop(self, name: str, grace: float = STOP_GRACE_SECONDS) -> None:
+        """SIGTERM the component's process group, SIGKILL it after ``grace`` s (at once with
+        0), and wait until no process of the group is left; then forget it."""
+        child, record = self._children.pop(name, None), self._foreign.pop(name, None)
         try:
-            argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
-        except OSError:
-            return False
-        return argv0 == str(self.bin_dir / name)
+            if child is not None:
+                child.stop(grace)
+            if record is not None:
+                record.terminate_group(grace)
+        except ProcessError as error:
+            raise ControlPlaneError(str(error)) from error
+        if child is not None or record is not None:
+            self._record_processes()
+
+    def _record_processes(self) -> None:
+        """Write state.json and the pid file that a later ``up()`` reaps if we crash."""
+        records = []
+        for child in self._children.values():
+            try:
+                records.append(child.record())
+            except ProcessError:
+                continue  # exited meanwhile: nothing left to reap
+        records += self._foreign.values()
+        if records and not self.detached:
+            self._pid_file.write(records, state_dir=str(self.state_dir))
+        else:
+            self._pid_file.remove()
+        self._save_state(records)
 
     def _wait(self, name: str, what: str, check: Callable[[], bool], timeout: float) -> None:
-        """Poll ``check`` until true; fail fast with ``name``'s log tail if it died or timed out."""
+        """Poll ``check`` until true; fail fast with ``name``'s log tail if it exits or we time
+        out."""
         deadline = time.monotonic() + timeout
+        child = self._children.get(name)
         while not check():
-            if name in self._pids and not self._alive(name):
+            if child is not None and not child.running():
                 raise ControlPlaneError(
-                    f"{name} exited while waiting for {what}; tail of {self.log_path(name)}:\n"
-                    f"{self.log_tail(name)}"
+                    f"{name} exited with status {child.returncode} while waiting for {what}; "
+                    f"tail of {self.log_path(name)}:\n{self.log_tail(name)}"
                 )
             if time.monotonic() > deadline:
                 raise ControlPlaneError(
@@ -430,16 +470,16 @@ class LocalControlPlane:
     def _healthy(self, name: str) -> bool:
         port = self._ports[name]
         if name == "etcd":
-            return _http_ok(f"http://127.0.0.1:{port}/health")
+            return http_ok(f"http://127.0.0.1:{port}/health")
         if name == "kube-apiserver":
             serving_cert = self._pki / "serving" / "apiserver.crt"
             if not serving_cert.is_file():
                 return False
             context = ssl.create_default_context(cafile=str(serving_cert))
-            return _http_ok(f"{self.server}/readyz", context, self.admin_token)
+            return http_ok(f"{self.server}/readyz", context=context, token=self.admin_token)
         if name == "kwok":
-            return _http_ok(f"http://127.0.0.1:{port}/healthz")
-        return _http_ok(f"https://127.0.0.1:{port}/healthz", _insecure_context())
+            return http_ok(f"http://127.0.0.1:{port}/healthz")
+        return http_ok(f"https://127.0.0.1:{port}/healthz", context=insecure_context())
 
     def _args(self, name: str) -> list[str]:
         """Command-line flags of each component (kept minimal; checked against v1.36 --help)."""
@@ -515,18 +555,23 @@ class LocalControlPlane:
             return
         state = json.loads(self._state_file.read_text())
         self._ports = {k: int(v) for k, v in state.get("ports", {}).items()}
-        self._pids = {k: int(v) for k, v in state.get("pids", {}).items()}
+        self._foreign = {
+            p["name"]: ProcessRecord(**p) for p in state.get("processes", []) if p["name"]
+        }
+        # A plane started detached stays detached, whoever restarts one of its components.
+        self.detached = self.detached or bool(state.get("detached"))
         if self._bin_dir is None and state.get("bin_dir"):
             self._bin_dir = Path(state["bin_dir"])
 
-    def _save_state(self) -> None:
+    def _save_state(self, processes: Sequence[ProcessRecord] = ()) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         state = {
             "bin_dir": str(self._bin_dir) if self._bin_dir else None,
             "server": self.server if "kube-apiserver" in self._ports else None,
             "kubeconfig": str(self.kubeconfig),
+            "detached": self.detached,
             "ports": self._ports,
-            "pids": self._pids,
+            "processes": [asdict(p) for p in processes],
         }
         tmp = self._state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2) + "\n")
@@ -695,7 +740,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    plane = LocalControlPlane(args.state_dir, nodes=args.nodes)
+    plane = LocalControlPlane(args.state_dir, nodes=args.nodes, detached=True)
     started = time.monotonic()
     try:
         plane.up(progress=lambda line: print(line, flush=True), timeout=args.timeout)

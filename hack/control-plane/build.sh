@@ -22,6 +22,21 @@ if complete; then
   exit 0
 fi
 
+# One build per cache key at a time: a second `make test` (another checkout, a CI job) waits
+# for the first instead of compiling the same binaries into the same directory. The lock is
+# released when this script exits, however it ends.
+mkdir -p "$out"
+exec 9>"$out/.build.lock"
+if ! flock -n 9; then
+  log "another build of $key is running; waiting for it to finish"
+  flock 9
+fi
+if complete; then
+  log "built meanwhile by another run: $bin"
+  echo "$bin"
+  exit 0
+fi
+
 command -v go >/dev/null || { log "ERROR: Go is required (https://go.dev/dl); none found on PATH"; exit 1; }
 mkdir -p "$bin" "$out/src"
 export CGO_ENABLED=0 GOFLAGS=-buildvcs=false

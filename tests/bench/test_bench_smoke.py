@@ -1,7 +1,7 @@
 """The benchmark machinery end to end at N=5: runs complete and the report holds their numbers.
 
 No timing is asserted (the machine decides those); only that every run finished, counted what
-it must have counted, and that results.md, results.json and latency.png say so.
+it must have counted, and that results.md, results.json, samples.jsonl.gz and latency.png say so.
 """
 
 from __future__ import annotations
@@ -13,7 +13,13 @@ from typing import Any
 import pytest
 
 from bench.measure import Measurement, noop_config, run_baseline, run_operator
-from bench.report import Environment, operator_requests, requests_per_amphora, write_results
+from bench.report import (
+    Environment,
+    load_results,
+    operator_requests,
+    requests_per_amphora,
+    write_results,
+)
 from tests.fixtures.control_plane import Cluster
 
 pytestmark = pytest.mark.cluster
@@ -101,4 +107,5 @@ def test_report_holds_every_run(runs: list[Measurement], tmp_path: Path) -> None
     assert "did not finish" not in markdown
     raw = json.loads((tmp_path / "results.json").read_text())
     assert [r["scenario"] for r in raw["results"]] == ["baseline", "operator", "slow-backend"]
+    assert load_results(tmp_path)[1] == runs, "the raw samples read back as measured"
     assert (tmp_path / "latency.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")

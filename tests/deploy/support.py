@@ -3,26 +3,23 @@
 The manifests are tested the way an admin uses them: ``kubectl kustomize`` renders them and
 ``kubectl apply`` sends them, first with ``--dry-run=server`` (every admission step, nothing
 stored), then for real.
+
+Polling (``wait_until``) and the operator process come from the harness package
+``amphora_devtools``, shared with the other suites, the benchmarks and the demo.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import pytest
 import yaml
-from amphora_devtools.control_plane import free_port
+from amphora_devtools.operator_process import OperatorProcess
+from amphora_devtools.wait import wait_until
 from kubernetes import client as k8s
 from kubernetes.client import ApiClient
 
@@ -39,22 +36,7 @@ CRD_NAME = f"{PLURAL}.{GROUP}"
 #: Generous bounds for a loaded CI machine; the happy path takes a few seconds.
 TIMEOUT = 60.0
 
-T = TypeVar("T")
 Doc = dict[str, Any]
-
-
-def wait_until(
-    probe: Callable[[], T], until: Callable[[T], bool], *, timeout: float, what: str
-) -> T:
-    """Poll ``probe`` until ``until`` holds; fail with the last value after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if until(value):
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not reached within {timeout:.0f} s; last: {value!r}")
-        time.sleep(0.25)
 
 
 def kustomize(kubectl: Kubectl, directory: Path) -> list[Doc]:
@@ -242,9 +224,9 @@ def service_account_kubeconfig(cluster: Cluster, path: Path) -> Path:
     return path
 
 
-@dataclass
-class OperatorRun:
-    """``amphora-operator run`` as a subprocess that knows only the ServiceAccount's kubeconfig.
+class OperatorRun(OperatorProcess):
+    """``amphora-operator run`` as a subprocess that knows only the ServiceAccount's kubeconfig;
+    ``start()`` returns once its /healthz answers.
 
     KUBECONFIG and HOME point at the work directory as well as ``--kubeconfig``: the container
     driver builds its own client from the *default* kubeconfig (KUBECONFIG as it was when the
@@ -253,62 +235,25 @@ class OperatorRun:
     credentials, so the Deployment is not affected.
     """
 
-    workdir: Path
-    kubeconfig: Path
-    config: Doc
-    args: list[str]
-    process: subprocess.Popen[bytes] | None = None
-    health_port: int = 0
+    def __init__(self, workdir: Path, kubeconfig: Path, config: Doc, args: list[str]) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
+        env.update(KUBECONFIG=str(kubeconfig), HOME=str(workdir))
+        super().__init__(
+            kubeconfig=kubeconfig, workdir=workdir, config=config, extra_args=args,
+            log_format="plain", health=True, env=env,
+        )  # fmt: skip
 
     @property
-    def log_path(self) -> Path:
-        return self.workdir / "operator.log"
+    def args(self) -> list[str]:
+        """The extra command-line arguments it was given."""
+        return self.extra_args
 
     def start(self) -> None:
-        config_path = self.workdir / "config.yaml"
-        config_path.write_text(yaml.safe_dump(self.config))
-        self.health_port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
-        env.update(KUBECONFIG=str(self.kubeconfig), HOME=str(self.workdir))
-        command = [
-            sys.executable, "-m", "amphora_operator.cli", "run",
-            "--config", str(config_path), "--kubeconfig", str(self.kubeconfig),
-            "--metrics-port", "0", "--health-port", str(self.health_port),
-            "--log-format", "plain", *self.args,
-        ]  # fmt: skip
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                command, cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-        wait_until(self._healthy, bool, timeout=TIMEOUT, what="operator /healthz answers")
-
-    def _healthy(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            pytest.fail(f"the operator exited {self.process.returncode}:\n{self.logs()}")
-        url = f"http://127.0.0.1:{self.health_port}/healthz"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return bool(response.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
-
-    def stop(self) -> None:
-        """SIGTERM the process group, SIGKILL after 15 s."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
+        super().start()
+        self.wait_ready(TIMEOUT)
 
     def logs(self, tail: int = 12000) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return text[-tail:]
+        return super().logs()[-tail:]
 
 
 def amphora(name: str, **spec: Any) -> Doc:
