@@ -22,8 +22,9 @@ venv: $(VENV)/.installed
 control-plane:
 	bash hack/control-plane/build.sh
 
+# The box's two venvs (Nova; Keystone + Glance) install side by side.
 nova-box:
-	bash hack/nova-box/install.sh
+	bash hack/nova-box/install.sh nova & nova=$$!; bash hack/nova-box/install.sh cloud; wait $$nova
 
 ## Run the main job: local control plane, operator, sample Amphorae, `kubectl get amphorae`.
 demo: venv control-plane
