@@ -47,6 +47,7 @@ import nova.tests.functional  # noqa: F401
 import neutron_standin
 import wsgi_server
 from keystonemiddleware import auth_token
+from neutronclient.common import exceptions as neutron_client_exc
 from nova.api import auth as nova_auth
 from nova.tests import fixtures as nova_fixtures
 from nova.tests.functional import integrated_helpers
@@ -146,6 +147,38 @@ def _adopt_fixture_data(project: str) -> None:
             item["tenant_id"] = item["project_id"] = project
 
 
+def find_resource(
+    fixture: Any,
+    resource: str,
+    name_or_id: str,
+    project_id: str | None = None,
+    cmd_resource: str | None = None,
+    parent_id: str | None = None,
+    fields: Any = None,
+) -> dict[str, Any]:
+    """neutronclient's ``find_resource`` over the fixture's data, which nova's stub lacks.
+
+    Without it Nova answers 500 (AttributeError) to any security group in a create; with it,
+    an unknown group is Neutron's 404, which Nova turns into its 400 naming the group.
+    """
+    items = {"security_group": fixture._security_groups, "network": fixture._networks}[resource]
+    if name_or_id in items:
+        return dict(items[name_or_id])
+    named = [
+        item
+        for item in items.values()
+        if item.get("name") == name_or_id
+        and (project_id is None or item.get("tenant_id") == project_id)
+    ]
+    if len(named) > 1:
+        raise neutron_client_exc.NeutronClientNoUniqueMatch(resource=resource, name=name_or_id)
+    if not named:
+        raise neutron_client_exc.NotFound(
+            message=f"Unable to find {resource} with name or id '{name_or_id}'"
+        )
+    return dict(named[0])
+
+
 def noauth(app: WSGIApp, project: DefaultProject) -> WSGIApp:
     """Make every request an admin of the project in the URL (or the default project)."""
 
@@ -213,6 +246,7 @@ def serve(stdout: TextIO, stderr: TextIO) -> None:
     if os.environ.get("OS_NOVA_DISABLE_EVENTLET_PATCHING") != "1":
         parser.error("set OS_NOVA_DISABLE_EVENTLET_PATCHING=1 (nova must use native threads)")
 
+    nova_fixtures.NeutronFixture.find_resource = find_resource  # type: ignore[attr-defined]
     NovaBox.computes_wanted = args.computes
     NovaBox.baremetal_wanted = args.baremetal_nodes
     real_context = nova_auth.NovaKeystoneContext._create_context
