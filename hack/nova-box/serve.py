@@ -31,12 +31,13 @@ lands there and each node takes one instance.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -80,6 +81,63 @@ class BareMetalNodeDriver(fake.FakeDriver):
                 }
             },
         )
+
+
+class ReaderPreferringLock:
+    """The cell lock of nova's ``CellDatabases`` fixture, without its deadlock.
+
+    The fixture uses fasteners' writer-preferring ReaderWriterLock: once a thread waits to
+    switch cells (write), new readers wait. Nova's ``DatabaseWriteLock`` fixture (one RLock
+    per database around writer transactions) then closes a cycle under concurrent requests:
+    thread A holds the database RLock and waits for a read lock (blocked by the waiting
+    writer W), W waits for reader B to leave, and B (holding its read lock) waits for A's
+    database RLock. Seen as a box that stops answering mid-suite right after "Claim
+    successful on node host1". Here readers never wait for a *waiting* writer, only for one
+    that holds the lock, and a holding writer never waits for anything (it only swaps the
+    fixture's current cell), so no cycle can form. Same API and reentrancy as fasteners
+    (nested reads, reads inside a write, nested writes; read-to-write upgrade refused).
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._readers: dict[int, int] = {}
+        self._writer: int | None = None
+        self._writer_depth = 0
+
+    @contextlib.contextmanager
+    def read_lock(self) -> Iterator[ReaderPreferringLock]:
+        me = threading.get_ident()
+        with self._changed:
+            while self._writer not in (None, me):
+                self._changed.wait()
+            self._readers[me] = self._readers.get(me, 0) + 1
+        try:
+            yield self
+        finally:
+            with self._changed:
+                self._readers[me] -= 1
+                if not self._readers[me]:
+                    del self._readers[me]
+                self._changed.notify_all()
+
+    @contextlib.contextmanager
+    def write_lock(self) -> Iterator[ReaderPreferringLock]:
+        me = threading.get_ident()
+        with self._changed:
+            if me in self._readers and self._writer != me:
+                raise RuntimeError(f"Reader {me} to writer privilege escalation not allowed")
+            while self._writer not in (None, me) or any(t != me for t in self._readers):
+                self._changed.wait()
+            self._writer = me
+            self._writer_depth += 1
+        try:
+            yield self
+        finally:
+            with self._changed:
+                self._writer_depth -= 1
+                if not self._writer_depth:
+                    self._writer = None
+                self._changed.notify_all()
 
 
 class NovaBox(integrated_helpers._IntegratedTestBase):
@@ -247,6 +305,8 @@ def serve(stdout: TextIO, stderr: TextIO) -> None:
         parser.error("set OS_NOVA_DISABLE_EVENTLET_PATCHING=1 (nova must use native threads)")
 
     nova_fixtures.NeutronFixture.find_resource = find_resource  # type: ignore[attr-defined]
+    # The package's ``nova`` attribute is the top-level package, not this module: by name.
+    sys.modules["nova.tests.fixtures.nova"].ReaderWriterLock = ReaderPreferringLock
     NovaBox.computes_wanted = args.computes
     NovaBox.baremetal_wanted = args.baremetal_nodes
     real_context = nova_auth.NovaKeystoneContext._create_context

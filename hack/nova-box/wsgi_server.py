@@ -8,6 +8,7 @@ The process stops when its launcher dies (it may be killed before it can stop th
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import os
@@ -89,7 +90,12 @@ def serve(servers: list[ThreadedWSGIServer], ready: dict[str, Any], stdout: Any)
 
 
 def run(main: Callable[[], None]) -> None:
-    """Run ``main``; any failure ends the process at once (library threads block a normal exit)."""
+    """Run ``main``; any failure ends the process at once (library threads block a normal exit).
+
+    SIGUSR1 writes every thread's stack to the log: the launcher sends it to a box that stopped
+    answering, before it kills it, so that the log says where it hung.
+    """
+    faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
     try:
         main()
     except BaseException:
