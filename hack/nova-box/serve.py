@@ -262,9 +262,15 @@ def keystone_context(real: Callable[..., Any], stub: Callable[..., Any]) -> Call
     return create
 
 
+_VERSION_DOCUMENTS = frozenset({"", "/", "/v2", "/v2/", "/v2.1", "/v2.1/", "/v2.0", "/v2.0/"})
+
+
 def with_keystone(app: WSGIApp, keystone_url: str, admin_password: str) -> WSGIApp:
-    """The real keystonemiddleware auth_token in front of ``app`` (the box's admin validates)."""
-    return auth_token.AuthProtocol(
+    """The real keystonemiddleware auth_token in front of ``app`` (the box's admin validates).
+
+    Version documents stay public, as in a real deployment (clients discover versions first).
+    """
+    protected = auth_token.AuthProtocol(
         app,
         {
             "www_authenticate_uri": keystone_url,
@@ -283,6 +289,13 @@ def with_keystone(app: WSGIApp, keystone_url: str, admin_password: str) -> WSGIA
             "service_token_roles_required": "true",
         },
     )
+
+    def route(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO", "") in _VERSION_DOCUMENTS:
+            return app(environ, start_response)
+        return protected(environ, start_response)
+
+    return route
 
 
 def main() -> None:

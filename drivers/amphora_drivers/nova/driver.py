@@ -490,17 +490,12 @@ class NovaDriver(AmphoraComputeDriver):
         Without a network service in the catalog, ids pass through to Nova (which checks
         them) and names are refused: nothing else could resolve them.
         """
-        network = self.connection.network
         reason = Reason.NETWORK_NOT_FOUND if kind == "network" else Reason.INVALID_INPUT
-        found: Any
-        try:
-            if kind == "network":
-                found = network.find_network(ref, ignore_missing=True)
-            else:  # names are per project, as when Nova resolves them
-                project = self.connection.current_project_id
-                scope = {"project_id": project} if project else {}
-                found = network.find_security_group(ref, ignore_missing=True, **scope)
-        except NO_SERVICE as e:
+        try:  # the catalog is read on first use: authentication may fail here
+            has_network = self.connection.has_service("network")
+        except API_ERRORS as e:
+            raise api_error(e, f"look up {kind} {ref!r}", AmphoraBuildError) from e
+        if not has_network:
             if _UUID.match(ref):
                 return ref
             raise AmphoraBuildError(
@@ -509,7 +504,16 @@ class NovaDriver(AmphoraComputeDriver):
                 reason=reason,
                 retryable=False,
                 field=field,
-            ) from e
+            )
+        network = self.connection.network
+        found: Any
+        try:
+            if kind == "network":
+                found = network.find_network(ref, ignore_missing=True)
+            else:  # names are per project, as when Nova resolves them
+                project = self.connection.current_project_id
+                scope = {"project_id": project} if project else {}
+                found = network.find_security_group(ref, ignore_missing=True, **scope)
         except openstack.exceptions.DuplicateResource as e:
             raise AmphoraBuildError(
                 f"{field}: several {kind}s are named {ref!r}; give the id of one",
