@@ -23,8 +23,9 @@ venv: $(VENV)/.installed
 control-plane:
 	bash hack/control-plane/build.sh
 
+# The box's two venvs (Nova; Keystone + Glance) install side by side.
 nova-box:
-	bash hack/nova-box/install.sh
+	bash hack/nova-box/install.sh nova & nova=$$!; bash hack/nova-box/install.sh cloud; wait $$nova
 
 # The real kubelet Node: Debian packages (as root) and a kubelet from the control plane's module.
 real-node: control-plane

@@ -12,7 +12,13 @@ Tree (every class carries a machine-readable ``reason`` and a ``retryable`` flag
 
 ``retryable`` is the terminal/transient split a reconciler needs: a quota or an unreachable
 backend may clear by itself (retry with backoff), a bad image or an invalid key will not
-(report and wait for the user to change the spec).
+(report and wait for the user to change the spec). It is the single rule: callers (and a
+driver's own bounded in-place retries) read ``retryable``, never a list of reasons.
+
+Drivers share two helpers so that the same input gives the same answer whatever the backend:
+:func:`invalid` (a terminal InvalidInput error about one field) and :func:`classify_status`
+(one HTTP status → (reason, retryable) table, for Nova, Glance, Neutron, Keystone and the
+Kubernetes API alike).
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ __all__ = [
     "InstanceNotFoundError",
     "NotSuspendedError",
     "Reason",
+    "classify_status",
+    "invalid",
 ]
 
 
@@ -107,3 +115,40 @@ class NotSuspendedError(AmphoraComputeError):
 
     default_reason = Reason.NOT_SUSPENDED
     default_retryable = False
+
+
+def invalid(field: str, message: str) -> AmphoraBuildError:
+    """A terminal InvalidInput build error about ``field``; the message starts with the field."""
+    text = message if message.startswith(f"{field}: ") else f"{field}: {message}"
+    return AmphoraBuildError(text, reason=Reason.INVALID_INPUT, retryable=False, field=field)
+
+
+def classify_status(status: int | None, message: str = "") -> tuple[Reason, bool]:
+    """(reason, retryable) for an HTTP answer of any backend API; ``message`` is its text.
+
+    No answer at all (``None`` or 0) is an unavailable backend. A 403 or 413 that speaks of a
+    quota is a quota (it may clear); any other 403 and a 401 are terminal until the
+    credentials or grants change.
+    """
+    quota = "quota" in message.lower()
+    if not status:
+        return Reason.BACKEND_UNAVAILABLE, True
+    if status == 401:
+        return Reason.UNAUTHORIZED, False
+    if status in (403, 413) and quota:
+        return Reason.QUOTA_EXCEEDED, True
+    if status == 403:
+        return Reason.FORBIDDEN, False
+    if status == 404:
+        return Reason.NOT_FOUND, False
+    if status in (408, 504):
+        return Reason.TIMEOUT, True
+    if status == 409:
+        return Reason.CONFLICT, True
+    if status in (400, 422):
+        return Reason.INVALID_INPUT, False
+    if status == 429:
+        return Reason.RATE_LIMITED, True
+    if status >= 500:
+        return Reason.BACKEND_UNAVAILABLE, True
+    return Reason.UNKNOWN, False

@@ -3,16 +3,23 @@
 Nova's own functional-test base class (``_IntegratedTestBase``) brings up the real API,
 conductor, scheduler, Placement and N fake computes (``nova.virt.fake``) around an in-memory
 database; Neutron, Glance and Cinder are nova's in-process stubs. This program starts that,
-serves the API over HTTP with a tiny no-auth middleware, prints one JSON line on stdout
-(``{"port": ..., "project_id": ..., ...}``) and serves until it is killed.
+serves the API over HTTP, prints one JSON line on stdout (``{"port": ..., ...}``) and serves
+until it is killed. Every port serves one request per thread (``wsgi_server``).
 
 Why a subprocess: nova's fixtures patch libraries process-wide, and its TestCase does not run
 inside pytest directly. Run with ``OS_NOVA_DISABLE_EVENTLET_PATCHING=1`` (native threads).
 
-Identity (no Keystone): every request is an admin of the project named in the URL
-(``/v2.1/<hex project id>/...``) or, without one, of nova's fixture project. A second project
-therefore needs no set-up: point a client at ``/v2.1/<another hex id>`` (tests use that to set
-a low quota without disturbing the others).
+Ports:
+
+- ``keystone_port`` (with ``--keystone-url``): Nova's API behind the real keystonemiddleware
+  ``auth_token`` validating every token with Keystone, and Nova's real ``NovaKeystoneContext``
+  building the request context from what Keystone said (roles decide policy).
+- ``neutron_port`` (with ``--keystone-url``): the Neutron stand-in (``neutron_standin``) over
+  the fixture's networks and security groups, behind the same ``auth_token``.
+- ``port``: Nova without authentication, for proxies of the HTTP fault tier. Every request is
+  an admin of the project named in the URL (``/v2.1/<hex project id>/...``) or, without one,
+  of the default project (Keystone's amphora project, read from ``--default-project-file``
+  once the launcher has written it; else nova's fixture project).
 
 Hosts: ``--computes`` VM hosts (``host1``...) with ``MediumFakeDriver`` resources, plus
 ``--baremetal-nodes`` hosts (``baremetal1``...) that emulate Ironic nodes the way Nova sees
@@ -24,23 +31,25 @@ lands there and each node takes one instance.
 from __future__ import annotations
 
 import argparse
-import json
-import logging
+import contextlib
 import os
 import re
-import signal
 import sys
 import threading
 import time
-import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any, TextIO
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 # nova.tests.functional decides eventlet vs native threads on import: it must come first.
 import nova.tests.functional  # noqa: F401
 
 # isort: split
+import neutron_standin
+import wsgi_server
+from keystonemiddleware import auth_token
+from neutronclient.common import exceptions as neutron_client_exc
+from nova.api import auth as nova_auth
 from nova.tests import fixtures as nova_fixtures
 from nova.tests.functional import integrated_helpers
 from nova.virt import fake
@@ -72,6 +81,63 @@ class BareMetalNodeDriver(fake.FakeDriver):
                 }
             },
         )
+
+
+class ReaderPreferringLock:
+    """The cell lock of nova's ``CellDatabases`` fixture, without its deadlock.
+
+    The fixture uses fasteners' writer-preferring ReaderWriterLock: once a thread waits to
+    switch cells (write), new readers wait. Nova's ``DatabaseWriteLock`` fixture (one RLock
+    per database around writer transactions) then closes a cycle under concurrent requests:
+    thread A holds the database RLock and waits for a read lock (blocked by the waiting
+    writer W), W waits for reader B to leave, and B (holding its read lock) waits for A's
+    database RLock. Seen as a box that stops answering mid-suite right after "Claim
+    successful on node host1". Here readers never wait for a *waiting* writer, only for one
+    that holds the lock, and a holding writer never waits for anything (it only swaps the
+    fixture's current cell), so no cycle can form. Same API and reentrancy as fasteners
+    (nested reads, reads inside a write, nested writes; read-to-write upgrade refused).
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._readers: dict[int, int] = {}
+        self._writer: int | None = None
+        self._writer_depth = 0
+
+    @contextlib.contextmanager
+    def read_lock(self) -> Iterator[ReaderPreferringLock]:
+        me = threading.get_ident()
+        with self._changed:
+            while self._writer not in (None, me):
+                self._changed.wait()
+            self._readers[me] = self._readers.get(me, 0) + 1
+        try:
+            yield self
+        finally:
+            with self._changed:
+                self._readers[me] -= 1
+                if not self._readers[me]:
+                    del self._readers[me]
+                self._changed.notify_all()
+
+    @contextlib.contextmanager
+    def write_lock(self) -> Iterator[ReaderPreferringLock]:
+        me = threading.get_ident()
+        with self._changed:
+            if me in self._readers and self._writer != me:
+                raise RuntimeError(f"Reader {me} to writer privilege escalation not allowed")
+            while self._writer not in (None, me) or any(t != me for t in self._readers):
+                self._changed.wait()
+            self._writer = me
+            self._writer_depth += 1
+        try:
+            yield self
+        finally:
+            with self._changed:
+                self._writer_depth -= 1
+                if not self._writer_depth:
+                    self._writer = None
+                self._changed.notify_all()
 
 
 class NovaBox(integrated_helpers._IntegratedTestBase):
@@ -108,44 +174,133 @@ class NovaBox(integrated_helpers._IntegratedTestBase):
         """Required by the TestCase machinery as a method name; the box never runs tests."""
 
 
-def noauth(app: WSGIApp, default_project: str) -> WSGIApp:
+class DefaultProject:
+    """The project of unauthenticated requests: Keystone's amphora project once it is known."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.value = nova_fixtures.PROJECT_ID
+        self._adopted = False
+        self._lock = threading.Lock()
+
+    def get(self) -> str:
+        with self._lock:
+            if not self._adopted and self.path is not None and self.path.exists():
+                project = self.path.read_text().strip()
+                if project:
+                    self.value, self._adopted = project, True
+                    _adopt_fixture_data(project)
+            return self.value
+
+
+def _adopt_fixture_data(project: str) -> None:
+    """Give the fixture's networks, subnets, ports and security group to ``project``.
+
+    Nova lists a server's ports by its project: they must belong to the project that builds.
+    """
+    fixture = nova_fixtures.NeutronFixture
+    owned = [v for v in vars(fixture).values() if isinstance(v, dict) and "tenant_id" in v]
+    for item in owned:
+        if item["tenant_id"] == nova_fixtures.PROJECT_ID:
+            item["tenant_id"] = item["project_id"] = project
+
+
+def find_resource(
+    fixture: Any,
+    resource: str,
+    name_or_id: str,
+    project_id: str | None = None,
+    cmd_resource: str | None = None,
+    parent_id: str | None = None,
+    fields: Any = None,
+) -> dict[str, Any]:
+    """neutronclient's ``find_resource`` over the fixture's data, which nova's stub lacks.
+
+    Without it Nova answers 500 (AttributeError) to any security group in a create; with it,
+    an unknown group is Neutron's 404, which Nova turns into its 400 naming the group.
+    """
+    items = {"security_group": fixture._security_groups, "network": fixture._networks}[resource]
+    if name_or_id in items:
+        return dict(items[name_or_id])
+    named = [
+        item
+        for item in items.values()
+        if item.get("name") == name_or_id
+        and (project_id is None or item.get("tenant_id") == project_id)
+    ]
+    if len(named) > 1:
+        raise neutron_client_exc.NeutronClientNoUniqueMatch(resource=resource, name=name_or_id)
+    if not named:
+        raise neutron_client_exc.NotFound(
+            message=f"Unable to find {resource} with name or id '{name_or_id}'"
+        )
+    return dict(named[0])
+
+
+def noauth(app: WSGIApp, project: DefaultProject) -> WSGIApp:
     """Make every request an admin of the project in the URL (or the default project)."""
 
     def middleware(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         match = _PROJECT_IN_URL.match(environ.get("PATH_INFO", ""))
+        environ.pop("HTTP_X_IDENTITY_STATUS", None)  # only auth_token may say "Confirmed"
         environ["HTTP_X_AUTH_USER"] = "admin"
-        environ["HTTP_X_AUTH_PROJECT_ID"] = match.group(1) if match else default_project
+        environ["HTTP_X_AUTH_PROJECT_ID"] = match.group(1) if match else project.get()
         environ["HTTP_X_ROLES"] = "reader,member,admin"
         return app(environ, start_response)
 
     return middleware
 
 
-class QuietHandler(WSGIRequestHandler):
-    """Access lines go to the log (stderr), not to stdout, which carries the JSON line."""
+def keystone_context(real: Callable[..., Any], stub: Callable[..., Any]) -> Callable[..., Any]:
+    """Nova's real context builder for requests auth_token confirmed; the fixture's otherwise."""
 
-    def log_message(self, format: str, *args: Any) -> None:
-        logging.getLogger("nova-box.http").info(format, *args)
+    def create(env: Environ, **kwargs: Any) -> Any:
+        if env.get("HTTP_X_IDENTITY_STATUS") == "Confirmed":
+            return real(env, **kwargs)
+        return stub(env, **kwargs)
+
+    return create
 
 
-def exit_with_parent(server: WSGIServer) -> None:
-    """Stop serving when the launcher dies (it may be killed before it can stop the box)."""
-    parent = os.getppid()
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    server.shutdown()
+_VERSION_DOCUMENTS = frozenset({"", "/", "/v2", "/v2/", "/v2.1", "/v2.1/", "/v2.0", "/v2.0/"})
+
+
+def with_keystone(app: WSGIApp, keystone_url: str, admin_password: str) -> WSGIApp:
+    """The real keystonemiddleware auth_token in front of ``app`` (the box's admin validates).
+
+    Version documents stay public, as in a real deployment (clients discover versions first).
+    """
+    protected = auth_token.AuthProtocol(
+        app,
+        {
+            "www_authenticate_uri": keystone_url,
+            "auth_type": "password",
+            "auth_url": keystone_url,
+            "username": "admin",
+            "password": admin_password,
+            "project_name": "admin",
+            "user_domain_name": "Default",
+            "project_domain_name": "Default",
+            "region_name": "RegionOne",
+            "delay_auth_decision": "false",
+            # Real deployments cache validations for minutes; seconds here so that a revoked
+            # token is refused soon (tests revoke tokens to force re-authentication).
+            "token_cache_time": "5",
+            "service_token_roles_required": "true",
+        },
+    )
+
+    def route(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO", "") in _VERSION_DOCUMENTS:
+            return app(environ, start_response)
+        return protected(environ, start_response)
+
+    return route
 
 
 def main() -> None:
     """Run the box; any failure ends the process at once (nova's threads block a normal exit)."""
-    try:
-        serve(sys.__stdout__, sys.__stderr__)
-    except BaseException:
-        traceback.print_exc(file=sys.__stderr__)
-        sys.__stderr__.flush()
-        os._exit(1)
-    sys.__stderr__.flush()
-    os._exit(0)  # skip nova's cleanups and thread joins: the process holds nothing durable
+    wsgi_server.run(lambda: serve(wsgi_server.claim_stdout(), sys.__stderr__))
 
 
 def serve(stdout: TextIO, stderr: TextIO) -> None:
@@ -155,47 +310,63 @@ def serve(stdout: TextIO, stderr: TextIO) -> None:
     parser.add_argument("--baremetal-nodes", type=int, default=1, help="emulated Ironic nodes")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--keystone-url", help="validate tokens with this Keystone (/v3)")
+    parser.add_argument("--admin-password", default="", help="Keystone's admin password")
+    parser.add_argument("--default-project-file", type=Path, help="holds the default project")
     args = parser.parse_args()
     if os.environ.get("OS_NOVA_DISABLE_EVENTLET_PATCHING") != "1":
         parser.error("set OS_NOVA_DISABLE_EVENTLET_PATCHING=1 (nova must use native threads)")
 
+    nova_fixtures.NeutronFixture.find_resource = find_resource  # type: ignore[attr-defined]
+    # The package's ``nova`` attribute is the top-level package, not this module: by name.
+    sys.modules["nova.tests.fixtures.nova"].ReaderWriterLock = ReaderPreferringLock
     NovaBox.computes_wanted = args.computes
     NovaBox.baremetal_wanted = args.baremetal_nodes
+    real_context = nova_auth.NovaKeystoneContext._create_context
     box = NovaBox("serve")
     box.setUp()
     # Nova's fixtures swap sys.stdout/sys.stderr and capture logging in memory: the JSON line and
     # the log use the real streams, and INFO and up also go to the real stderr.
-    handler = logging.StreamHandler(stderr)
-    handler.setLevel(logging.INFO)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    logging.getLogger().addHandler(handler)
+    wsgi_server.log_to(stderr)
 
-    app = noauth(box.api_fixture.app(), nova_fixtures.PROJECT_ID)
-    server: WSGIServer = make_server(args.host, args.port, app, handler_class=QuietHandler)
-
-    def shutdown(signum: int, frame: Any) -> None:
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, shutdown)
-    signal.signal(signal.SIGINT, shutdown)
-    threading.Thread(target=exit_with_parent, args=(server,), daemon=True).start()
-    print(
-        json.dumps(
+    nova_app = box.api_fixture.app()
+    project = DefaultProject(args.default_project_file)
+    servers = [wsgi_server.make(args.host, args.port, noauth(nova_app, project))]
+    ready: dict[str, Any] = {
+        "port": servers[0].server_port,
+        "project_id": nova_fixtures.PROJECT_ID,
+        "computes": [f"host{i}" for i in range(1, args.computes + 1)],
+        "baremetal_nodes": [f"baremetal{i}" for i in range(1, args.baremetal_nodes + 1)],
+        "baremetal_resource_class": BAREMETAL_RESOURCE_CLASS,
+        "image_id": nova_fixtures.GlanceFixture.image1["id"],
+        "network_id": nova_fixtures.NeutronFixture.network_1["id"],
+    }
+    if args.keystone_url:
+        stub_context = nova_auth.NovaKeystoneContext._create_context
+        nova_auth.NovaKeystoneContext._create_context = staticmethod(  # type: ignore[method-assign]
+            keystone_context(real_context, stub_context)
+        )
+        neutron = neutron_standin.NeutronStandIn(
             {
-                "port": server.server_port,
-                "project_id": nova_fixtures.PROJECT_ID,
-                "computes": [f"host{i}" for i in range(1, args.computes + 1)],
-                "baremetal_nodes": [f"baremetal{i}" for i in range(1, args.baremetal_nodes + 1)],
-                "baremetal_resource_class": BAREMETAL_RESOURCE_CLASS,
-                "image_id": nova_fixtures.GlanceFixture.image1["id"],
-                "network_id": nova_fixtures.NeutronFixture.network_1["id"],
+                "networks": box.neutron._networks,
+                "security-groups": box.neutron._security_groups,
             }
-        ),
-        file=stdout,
-        flush=True,
-    )
-    server.serve_forever(poll_interval=0.2)
-    server.server_close()
+        )
+        keystone_app = with_keystone(nova_app, args.keystone_url, args.admin_password)
+        neutron_app = with_keystone(neutron, args.keystone_url, args.admin_password)
+        servers.append(wsgi_server.make(args.host, 0, keystone_app))
+        servers.append(wsgi_server.make(args.host, 0, neutron_app))
+        ready["keystone_port"] = servers[1].server_port
+        ready["neutron_port"] = servers[2].server_port
+        threading.Thread(target=_wait_for_project, args=(project,), daemon=True).start()
+    wsgi_server.serve(servers, ready, stdout)
+
+
+def _wait_for_project(project: DefaultProject) -> None:
+    """Adopt Keystone's project as soon as the launcher names it (before any client comes)."""
+    while project.path is not None and not project._adopted:
+        project.get()
+        time.sleep(0.1)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from typing import Any
 
 import openstack.connection
 import pytest
+import yaml
 from amphora_drivers.exceptions import (
     AmphoraBuildError,
     AmphoraComputeError,
@@ -239,7 +240,8 @@ def test_server_group_with_another_policy_is_refused(
 def test_quota_exceeded_is_retryable(
     nova_box: NovaBoxInfo, admin: openstack.connection.Connection
 ) -> None:
-    project = uuid.uuid4().hex  # a project of its own, so the low quota bothers nobody else
+    # A Keystone project of its own (Nova checks it exists), so the low quota bothers nobody.
+    project = nova_box.box.new_project(f"quota-{uuid.uuid4().hex[:8]}")
     admin.compute.update_quota_set(project, instances=0)
     # Credentials as a Kubernetes Secret carries them: the clouds.yaml text.
     driver = NovaDriver(
@@ -261,11 +263,10 @@ def test_quota_exceeded_is_retryable(
     ("overrides", "reason", "field"),
     [
         ({"image_id": str(uuid.uuid4())}, Reason.IMAGE_NOT_FOUND, "image_id"),
-        ({"network_ids": [str(uuid.uuid4())]}, Reason.NETWORK_NOT_FOUND, "network_ids"),
         ({"amphora_flavor": "m1.missing"}, Reason.FLAVOR_NOT_FOUND, "amphora_flavor"),
         ({"availability_zone": "nowhere"}, Reason.INVALID_INPUT, "availability_zone"),
     ],
-    ids=["image", "network", "flavor", "availability-zone"],
+    ids=["image", "flavor", "availability-zone"],
 )
 def test_bad_references_are_not_retryable_and_name_the_field(
     driver: NovaDriver, overrides: dict[str, Any], reason: Reason, field: str
@@ -313,10 +314,10 @@ def test_an_injected_connection_must_pin_the_microversion(nova_box: NovaBoxInfo)
     pinned.close()
 
 
-def test_image_name_or_tag_resolves_to_the_newest_active_image(
+def test_an_injected_image_lookup_replaces_glance(
     nova_box: NovaBoxInfo, cleanup: list[str], admin: openstack.connection.Connection
 ) -> None:
-    """The box has no HTTP image service: the lookup is injected, Nova checks the result."""
+    """Callers may resolve names and tags themselves; the newest candidate still wins."""
     queries: list[tuple[str | None, str | None]] = []
 
     def lookup(*, name: str | None, tag: str | None) -> list[ImageCandidate]:
@@ -342,12 +343,26 @@ def test_image_name_or_tag_resolves_to_the_newest_active_image(
     assert (err.value.reason, err.value.field) == (Reason.IMAGE_NOT_FOUND, "image_id")
 
 
-def test_image_name_without_an_image_service_says_so(driver: NovaDriver) -> None:
-    name, owner = fresh()
-    with pytest.raises(AmphoraBuildError) as err:
-        driver.build(name=name, owner=owner, image_id="amphora-haproxy")
-    assert (err.value.reason, err.value.retryable) == (Reason.IMAGE_NOT_FOUND, False)
-    assert "no image service" in str(err.value)
+def test_names_without_image_or_network_services_say_so(nova_box: NovaBoxInfo) -> None:
+    """A cloud whose catalog has only Nova (here: Nova's endpoint given directly)."""
+    nova_only = NovaDriver(
+        clouds_yaml_content=yaml.safe_dump(
+            {"clouds": {"c": {"auth_type": "none", "compute_endpoint_override": nova_box.endpoint}}}
+        ),
+        default_flavor=nova_box.flavor_id,
+        default_image=nova_box.image_id,
+        default_network_ids=[nova_box.network_id],
+    )
+    for field, overrides, reason, service in (
+        ("image_id", {"image_id": "amphora-haproxy"}, Reason.IMAGE_NOT_FOUND, "image"),
+        ("network_ids", {"network_ids": ["private"]}, Reason.NETWORK_NOT_FOUND, "network"),
+    ):
+        name, owner = fresh()
+        with pytest.raises(AmphoraBuildError) as err:
+            nova_only.build(name=name, owner=owner, **overrides)
+        assert (err.value.reason, err.value.retryable, err.value.field) == (reason, False, field)
+        assert f"no {service} service" in str(err.value)
+    nova_only.close()
 
 
 # -- lifecycle ------------------------------------------------------------------------------

@@ -163,15 +163,22 @@ def test_delete_gives_up_with_delete_failed(driver: NovaDriver, proxy: FaultProx
     driver.delete(amphora_id)
 
 
-def test_delete_refused_by_a_lock_is_not_retried_in_place(
+def test_delete_retries_in_place_exactly_what_is_retryable(
     driver: NovaDriver, proxy: FaultProxy
 ) -> None:
+    """``retryable`` is the one rule: a lock (409) is tried again, a refusal (403) is not."""
     amphora_id = driver.build(name=name(), owner=owner())
     locked = proxy.inject(Fault("DELETE", SERVER, status=409, message="Instance is locked"))
     with pytest.raises(DeleteFailed) as err:
         driver.delete(amphora_id)
-    assert (err.value.reason, err.value.retryable, locked.hits) == (Reason.CONFLICT, True, 1)
+    attempts = driver.delete_attempts
+    assert (err.value.reason, err.value.retryable, locked.hits) == (Reason.CONFLICT, True, attempts)
     locked.times = 0
+    refused = proxy.inject(Fault("DELETE", SERVER, status=403, message="Policy forbids"))
+    with pytest.raises(DeleteFailed) as err:
+        driver.delete(amphora_id)
+    assert (err.value.reason, err.value.retryable, refused.hits) == (Reason.FORBIDDEN, False, 1)
+    refused.times = 0
     driver.delete(amphora_id)
 
 
@@ -219,5 +226,5 @@ def test_api_calls_and_time_to_active_per_build(
             f"build()->ACTIVE via status(): median {statistics.median(seconds):.2f} s, "
             f"max {max(seconds):.2f} s; status() calls per build {polls}"
         )
-    assert calls[1:] == [3] * 4  # find by owner tag, flavor, create
+    assert calls[1:] == [2] * 4  # find by owner tag, create (the flavor lookup is cached)
     assert max(seconds) < 10

@@ -6,20 +6,27 @@ import base64
 import gzip
 import logging
 import os
+import traceback
 from typing import Any
 
 import openstack.exceptions
 import pytest
 import yaml
-from amphora_drivers.exceptions import AmphoraBuildError, AmphoraComputeError, Reason
+from amphora_drivers.exceptions import (
+    AmphoraBuildError,
+    AmphoraComputeError,
+    Reason,
+    classify_status,
+    invalid,
+)
 from amphora_drivers.nova import (
     NOVA_USER_DATA_LIMIT,
     NovaDriver,
     UserDataTooLarge,
-    _api_error,
     is_bare_metal_flavor,
     render_user_data,
 )
+from amphora_drivers.nova.errors import api_error
 
 from tests.nova.cloud_init import mime_parts
 
@@ -137,7 +144,14 @@ def http_error(status: int, details: str) -> openstack.exceptions.HttpException:
         (400, "Flavor 9 could not be found.", Reason.FLAVOR_NOT_FOUND, False, "amphora_flavor"),
         (400, "Security group web not found.", Reason.INVALID_INPUT, False, "sec_groups"),
         (400, "something else", Reason.INVALID_INPUT, False, None),
-        (403, "Policy doesn't allow this", Reason.UNKNOWN, False, None),
+        (403, "Policy doesn't allow this", Reason.FORBIDDEN, False, None),
+        (
+            401,
+            "The request you have made requires authentication",
+            Reason.UNAUTHORIZED,
+            False,
+            None,
+        ),
         (413, "Quota exceeded for cores", Reason.QUOTA_EXCEEDED, True, None),
         (
             409,
@@ -154,7 +168,7 @@ def http_error(status: int, details: str) -> openstack.exceptions.HttpException:
 def test_error_mapping(
     status: int, details: str, reason: Reason, retryable: bool, field: str | None
 ) -> None:
-    error = _api_error(http_error(status, details), "create server x", AmphoraBuildError)
+    error = api_error(http_error(status, details), "create server x", AmphoraBuildError)
     assert isinstance(error, AmphoraBuildError)
     assert (error.reason, error.retryable, error.field) == (reason, retryable, field)
     assert details in str(error)
@@ -193,7 +207,65 @@ def test_bad_clouds_yaml_is_a_terminal_error_on_first_use(text: str, cloud: str 
     with pytest.raises(AmphoraComputeError) as err:
         driver.find()
     assert (err.value.reason, err.value.retryable) == (Reason.INVALID_INPUT, False)
-    assert err.value.__cause__ is not None
+    assert err.value.__cause__ is None and err.value.__context__ is None  # nothing quotes it
+
+
+MARKER = "marker-password-3f9a1c"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # The YAML parser's own message would quote these lines.
+        f"clouds:\n  c:\n    auth:\n      password: {MARKER}\n     bad: [",
+        "clouds:\n  c: {auth: {password: '" + MARKER + "'}\n",
+        f"clouds:\n\t- password: {MARKER}\n",
+        f"clouds: [{MARKER}]\n",
+    ],
+    ids=["bad-indent", "unclosed-flow", "tab", "clouds-not-a-mapping"],
+)
+def test_a_malformed_inline_clouds_yaml_never_leaks_its_text(text: str) -> None:
+    driver = NovaDriver(clouds_yaml_content=text)
+    with pytest.raises(AmphoraComputeError) as err:
+        driver.find()
+    shown = "".join(traceback.format_exception(err.value)) + repr(err.value)
+    assert MARKER not in shown
+    assert (err.value.reason, err.value.retryable) == (Reason.INVALID_INPUT, False)
+    assert "clouds.yaml" in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "reason", "retryable"),
+    [
+        (None, "", Reason.BACKEND_UNAVAILABLE, True),
+        (401, "", Reason.UNAUTHORIZED, False),
+        (403, "Quota exceeded for instances", Reason.QUOTA_EXCEEDED, True),
+        (403, "pods is forbidden: exceeded quota: q", Reason.QUOTA_EXCEEDED, True),
+        (403, "Policy doesn't allow", Reason.FORBIDDEN, False),
+        (404, "", Reason.NOT_FOUND, False),
+        (409, "", Reason.CONFLICT, True),
+        (422, "", Reason.INVALID_INPUT, False),
+        (429, "", Reason.RATE_LIMITED, True),
+        (504, "", Reason.TIMEOUT, True),
+        (503, "", Reason.BACKEND_UNAVAILABLE, True),
+        (302, "", Reason.UNKNOWN, False),
+    ],
+)
+def test_one_status_table_for_every_driver(
+    status: int | None, message: str, reason: Reason, retryable: bool
+) -> None:
+    assert classify_status(status, message) == (reason, retryable)
+
+
+def test_invalid_names_the_field_once() -> None:
+    for message in ("needs a UUID", "image_id: needs a UUID"):
+        error = invalid("image_id", message)
+        assert (error.message, error.reason, error.retryable, error.field) == (
+            "image_id: needs a UUID",
+            Reason.INVALID_INPUT,
+            False,
+            "image_id",
+        )
 
 
 def test_keystoneauth_debug_lines_never_carry_user_data(
