@@ -25,7 +25,9 @@ control-plane:
 
 # The box's two venvs (Nova; Keystone + Glance) install side by side.
 nova-box:
-	bash hack/nova-box/install.sh nova & nova=$$!; bash hack/nova-box/install.sh cloud; wait $$nova
+	# Both venvs at once; either failing fails the target.
+	bash hack/nova-box/install.sh nova & nova=$$!; bash hack/nova-box/install.sh cloud; cloud=$$?; \
+	  wait $$nova && [ $$cloud -eq 0 ]
 
 # The real kubelet Node: Debian packages (as root) and a kubelet from the control plane's module.
 real-node: control-plane
