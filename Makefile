@@ -23,9 +23,8 @@ venv: $(VENV)/.installed
 control-plane:
 	bash hack/control-plane/build.sh
 
-# The box's two venvs (Nova; Keystone + Glance) install side by side.
+# The box's two venvs (Nova; Keystone + Glance) install side by side; either failing fails.
 nova-box:
-	# Both venvs at once; either failing fails the target.
 	bash hack/nova-box/install.sh nova & nova=$$!; bash hack/nova-box/install.sh cloud; cloud=$$?; \
 	  wait $$nova && [ $$cloud -eq 0 ]
 
