@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from amphora_operator.model import SpecType
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+
+from amphora_operator.model import SpecType
 
 __all__ = ["BreakerConfig", "OperatorConfig", "ProfileConfig", "ReconcileConfig", "load_config"]
 
@@ -35,7 +36,7 @@ class ProfileConfig(_Config):
 class ReconcileConfig(_Config):
     poll_interval: Annotated[
         float, Field(gt=0, description="Seconds between backend polls while any amphora moves.")
-    ] = 1.0
+    ] = 0.5
     resync_interval: Annotated[
         float, Field(gt=0, description="Seconds between drift checks when all are stable.")
     ] = 30.0
@@ -52,8 +53,21 @@ class ReconcileConfig(_Config):
         int, Field(ge=1, description="Driver and API calls running at once (threads).")
     ] = 16
     delete_retry: Annotated[
-        float, Field(gt=0, description="Seconds between checks that a deleted instance is gone.")
+        float,
+        Field(
+            gt=0,
+            description="Longest wait between checks that a deleted instance is gone (seconds; "
+            "checks start at once and back off from poll_interval).",
+        ),
     ] = 2.0
+    stall_after: Annotated[
+        int,
+        Field(
+            ge=1,
+            description="Consecutive failed builds after which an Amphora reports Stalled "
+            "(kstatus Failed); it is still retried at the capped backoff.",
+        ),
+    ] = 3
 
 
 def _default_profiles() -> dict[str, ProfileConfig]:
