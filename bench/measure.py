@@ -30,9 +30,10 @@ from typing import Any
 import urllib3
 import yaml
 from amphora_devtools.control_plane import free_port
-from amphora_operator.model import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from amphora_operator.model import API_VERSION, FINALIZER, GROUP, KIND, PLURAL, VERSION
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
+from kubernetes import dynamic as k8s_dynamic
 from kubernetes import watch as k8s_watch
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -43,6 +44,7 @@ __all__ = [
     "api_client",
     "histogram_quantile",
     "install_crd",
+    "install_finalizer_policy",
     "noop_config",
     "percentile",
     "run_baseline",
@@ -51,6 +53,10 @@ __all__ = [
 
 REPO = Path(__file__).resolve().parent.parent
 CRD_FILE = REPO / "crds" / "amphorae.amphora-operator.dev.yaml"
+#: Namespaces without an operator (baseline, floor) carry this label: no finalizer there.
+NO_OPERATOR_LABEL = "bench.amphora-operator.dev/no-operator"
+#: The MutatingAdmissionPolicy that puts the finalizer on every Amphora at admission.
+FINALIZER_POLICY_FILE = REPO / "deploy" / "base" / "finalizer-policy.yaml"
 READY = "Ready"
 #: Created and waited for before the clock starts: connections, imports and caches warm up.
 WARMUP = "warmup"
@@ -87,9 +93,51 @@ def install_crd(client: k8s.ApiClient, timeout: float = 60.0) -> None:
     while time.monotonic() < deadline:
         conditions = ext.read_custom_resource_definition(name).status.conditions or []
         if any(c.type == "Established" and c.status == "True" for c in conditions):
+            install_finalizer_policy(client, skip_label=NO_OPERATOR_LABEL)
             return
         time.sleep(0.2)
     raise TimeoutError(f"CRD {name} not Established within {timeout:.0f} s")
+
+
+def install_finalizer_policy(
+    client: k8s.ApiClient, timeout: float = 30.0, *, skip_label: str | None = None
+) -> None:
+    """Apply deploy/base/finalizer-policy.yaml and wait until admission adds the finalizer.
+
+    Policies take effect asynchronously; a server-side dry-run create shows when they do.
+    Raises if the apiserver does not serve MutatingAdmissionPolicy (admissionregistration/v1).
+    ``skip_label``: namespaces carrying this label are left out (the benchmark's baseline and
+    floor, where no operator would ever remove the finalizer).
+    """
+    dynamic = k8s_dynamic.DynamicClient(client)
+    for manifest in yaml.safe_load_all(FINALIZER_POLICY_FILE.read_text()):
+        if skip_label and manifest["kind"] == "MutatingAdmissionPolicyBinding":
+            manifest["spec"]["matchResources"] = {
+                "namespaceSelector": {
+                    "matchExpressions": [{"key": skip_label, "operator": "DoesNotExist"}]
+                }
+            }
+        resource = dynamic.resources.get(api_version=manifest["apiVersion"], kind=manifest["kind"])
+        name = manifest["metadata"]["name"]
+        try:
+            resource.create(body=manifest)
+        except k8s_dynamic.exceptions.ConflictError:
+            current = resource.get(name=name)
+            manifest["metadata"]["resourceVersion"] = current.metadata.resourceVersion
+            resource.replace(body=manifest)
+    api = k8s.CustomObjectsApi(client)
+    probe = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "policy-probe"},
+             "spec": vm_spec("policy-probe")}  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while True:
+        created = api.create_namespaced_custom_object(
+            GROUP, VERSION, "default", PLURAL, probe, dry_run="All"
+        )
+        if FINALIZER in (created["metadata"].get("finalizers") or []):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the finalizer policy did not take effect within {timeout:.0f} s")
+        time.sleep(0.2)
 
 
 def noop_config(build_seconds: float) -> dict[str, Any]:
@@ -541,11 +589,13 @@ def _delete_all(client: k8s.ApiClient, namespace: str, timeout: float) -> float 
 
 
 @contextlib.contextmanager
-def _namespace(client: k8s.ApiClient, prefix: str) -> Iterator[str]:
-    """A fresh namespace; on exit, leftovers lose their finalizers and the namespace is gone."""
+def _namespace(client: k8s.ApiClient, prefix: str, *, operated: bool = True) -> Iterator[str]:
+    """A fresh namespace; on exit, leftovers lose their finalizers and the namespace is gone.
+    Without an operator (``operated=False``) admission adds no finalizer there."""
     name = f"{prefix}-{uuid.uuid4().hex[:6]}"
     core = k8s.CoreV1Api(client)
-    core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
+    labels = {} if operated else {NO_OPERATOR_LABEL: "true"}
+    core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name, labels=labels)))
     try:
         yield name
     finally:
@@ -607,7 +657,10 @@ def run_baseline(
     kubeconfig: Path, *, n: int, threads: int, deadline: float, spec: Spec = vm_spec
 ) -> Measurement:
     """N Amphorae created and patched Ready by the client itself: the apiserver's floor."""
-    with api_client(kubeconfig) as client, _namespace(client, f"bench-baseline-{n}") as ns:
+    with (
+        api_client(kubeconfig) as client,
+        _namespace(client, f"bench-baseline-{n}", operated=False) as ns,
+    ):
         api = k8s.CustomObjectsApi(client)
 
         def write_ready(name: str) -> None:

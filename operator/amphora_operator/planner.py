@@ -168,6 +168,18 @@ def backoff(retries: int, base: float, cap: float) -> float:
 _backoff = backoff
 
 
+def _copy(status: AmphoraStatus) -> AmphoraStatus:
+    """A copy safe to change: its lists are new; their items (frozen models, str) are shared.
+    Much cheaper than a deep copy, which dominated a reconcile's CPU."""
+    return status.model_copy(
+        update={
+            "addresses": list(status.addresses),
+            "retired": list(status.retired),
+            "conditions": list(status.conditions),
+        }
+    )
+
+
 def _gone(instance: AmphoraInstance | None) -> bool:
     return instance is None or instance.state in (AmphoraState.DELETED, AmphoraState.DELETING)
 
@@ -187,7 +199,7 @@ def plan(
     """The next status and actions for a live (not deleting) Amphora.
 
     Never raises for anything the backend reports (ERROR, unknown states, odd faults)."""
-    s = status.model_copy(deep=True)
+    s = _copy(status)
     out = Plan(status=s)
     s.driver = profile
     s.observed_generation = generation
@@ -437,7 +449,7 @@ def invalid(
     status: AmphoraStatus, *, reason: str, message: str, generation: int | None, now: datetime
 ) -> AmphoraStatus:
     """A spec error or an unknown driver: nothing happens until the spec changes (Stalled)."""
-    s = status.model_copy(deep=True)
+    s = _copy(status)
     s.next_retry_time = None
     mark_failed(
         s, reason=reason, message=message, generation=generation, stamp=now_rfc3339(now),
@@ -455,7 +467,7 @@ def first_sight(
     when status already exists."""
     if status.observed_generation is not None or status.phase is not None:
         return None
-    s = status.model_copy(deep=True)
+    s = _copy(status)
     s.phase = Phase.PENDING
     s.driver = profile
     s.observed_generation = generation
@@ -516,7 +528,7 @@ def plan_failure(
 ) -> AmphoraStatus:
     """The status after an action failed: a failed build counts a retry (transient: backoff;
     terminal: Stalled, re-checked every ``retry_max``); other actions are simply retried."""
-    s = status.model_copy(deep=True)
+    s = _copy(status)
     stamp = now_rfc3339(now)
     s.observed_generation = generation
     if failure.reason in BACKEND_REASONS:
@@ -543,7 +555,7 @@ def plan_backend(
     """BackendAvailable from a lookup: reachable, or down for ``failure`` (stable wording, so
     an outage costs one write per Amphora, not one per poll round). An Amphora never observed
     before also shows that its reconcile waits for the backend."""
-    s = status.model_copy(deep=True)
+    s = _copy(status)
     stamp = now_rfc3339(now)
     s.observed_generation = generation
     if failure is None:
@@ -591,7 +603,7 @@ def plan_deletion_wait(
         f"{message}; deletion waits (set spec.deletionPolicy: Orphan to release the "
         "Amphora and leave the instance)"
     )
-    s = status.model_copy(deep=True)
+    s = _copy(status)
     s.phase = Phase.DELETING
     stamp = now_rfc3339(now)
     _set(s, "Ready", False, "Deleting", text, generation, stamp)
