@@ -38,12 +38,14 @@ class Poller:
         *,
         config: OperatorConfig,
         interests: Mapping[str, Interest],
+        moving: set[str],
         queue: WorkQueue,
         on_round: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.interests = interests
+        self.moving = moving
         self.queue = queue
         self.on_round = on_round
         self.clock = clock
@@ -79,14 +81,13 @@ class Poller:
     async def round(self, *, full: bool) -> bool:
         """One round; True while anything is still moving."""
         groups: dict[int, tuple[Backend, dict[str, Interest]]] = {}
-        moving = False
-        for uid, interest in list(self.interests.items()):
-            moving = moving or interest.moving
-            if full or interest.moving:
+        for uid in list(self.interests) if full else list(self.moving):
+            interest = self.interests.get(uid)
+            if interest is not None:
                 key = id(interest.backend)
                 groups.setdefault(key, (interest.backend, {}))[1][uid] = interest
         await asyncio.gather(*(self._poll(b, items, full) for b, items in groups.values()))
-        return moving
+        return bool(self.moving)
 
     async def _poll(self, backend: Backend, items: dict[str, Interest], full: bool) -> None:
         key = id(backend)

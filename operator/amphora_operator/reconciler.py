@@ -214,6 +214,10 @@ class Reconciler:
                     requeue_after=max(settings.poll_interval, backend.breaker.retry_after),
                     interest=Interest(backend, {}, moving=False),
                 )
+            if attempt == 1 and _not_visible_yet(status, observation):
+                # A backend that lists new instances late: not lost; the poller looks again.
+                body = await self.write(body, status)
+                break
             result = plan(
                 spec=spec, status=status, observation=observation,
                 generation=generation or 0, profile=backend.profile, now=self.clock(),
@@ -275,6 +279,15 @@ class Reconciler:
             return False
         self.store.update(updated)
         return True
+
+
+def _not_visible_yet(status: AmphoraStatus, observation: Observation) -> bool:
+    """Right after a build, the new instance is not listed yet (eventually consistent APIs):
+    that is not a lost instance."""
+    rep = status.replacement
+    return (status.compute_id is not None and observation.current is None) or (
+        rep is not None and rep.compute_id is not None and observation.replacement is None
+    )
 
 
 def _owner_only(status: AmphoraStatus) -> bool:

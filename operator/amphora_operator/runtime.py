@@ -50,6 +50,8 @@ class Runtime:
         self.store = Store()
         self.queue = WorkQueue()
         self.interests: dict[str, Interest] = {}
+        #: uids whose interest is moving: what a poll round between resyncs looks at.
+        self.moving: set[str] = set()
         self.reconciler = Reconciler(
             config=config, backends=backends, gateway=gateway, store=self.store,
             metrics=metrics, clock=clock,
@@ -59,10 +61,11 @@ class Runtime:
             clock=clock,
         )  # fmt: skip
         self.poller = Poller(
-            config=config, interests=self.interests, queue=self.queue,
+            config=config, interests=self.interests, moving=self.moving, queue=self.queue,
             on_round=self._count_phases,
         )  # fmt: skip
         self._tasks: list[asyncio.Task[None]] = []
+        self._cleanups: set[asyncio.Task[None]] = set()
         self._failures: dict[str, int] = {}
         self._last_count = 0.0
 
@@ -78,6 +81,8 @@ class Runtime:
             self.store.remove(uid)
             self.queue.forget(uid)
             self.interests.pop(uid, None)
+            self.moving.discard(uid)
+            self._failures.pop(uid, None)
             # With our finalizer but never marked for deletion: the apiserver deleted it at
             # once (a DELETE racing the finalizer being added), so our clean-up never ran.
             if (
@@ -85,7 +90,9 @@ class Runtime:
                 and FINALIZER in (meta.get("finalizers") or [])
                 and not meta.get("deletionTimestamp")
             ):
-                self._tasks.append(asyncio.create_task(self._vanished(dict(body))))
+                task = asyncio.create_task(self._vanished(dict(body)))
+                self._cleanups.add(task)
+                task.add_done_callback(self._cleanups.discard)
             return
         known = self.store.put(body)
         latest = self.store.get(uid)
@@ -162,11 +169,14 @@ class Runtime:
     def _apply(self, uid: str, outcome: Outcome) -> None:
         if outcome.released or uid not in self.store:
             self.interests.pop(uid, None)
+            self.moving.discard(uid)
             return
         if outcome.interest is not None:
-            before = self.interests.get(uid)
             self.interests[uid] = outcome.interest
-            if outcome.interest.moving and (before is None or not before.moving):
+            if not outcome.interest.moving:
+                self.moving.discard(uid)
+            elif uid not in self.moving:
+                self.moving.add(uid)
                 self.poller.wake()
         if outcome.requeue_after is not None:
             self.queue.mark_after(uid, outcome.requeue_after)
