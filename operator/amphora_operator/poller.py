@@ -5,7 +5,9 @@ instances of Amphorae still moving (building, updating, deleting, retiring): by 
 are few, with one listing when they are many. Every ``resync_interval`` (with jitter) a full
 listing of each backend checks every Amphora for drift. A backend that fails marks its
 Amphorae dirty once when it goes down and once when it comes back, never every round, so an
-outage costs a bounded number of status writes. Nothing a backend returns can break a round.
+outage costs a bounded number of status writes; Amphorae whose own lookups failed wait for the
+one probe per round (a listing) instead of retrying each on its own. Nothing a backend
+returns can break a round.
 """
 
 from __future__ import annotations
@@ -92,8 +94,11 @@ class Poller:
     async def _poll(self, backend: Backend, items: dict[str, Interest], full: bool) -> None:
         key = id(backend)
         ids = {i for interest in items.values() for i in interest.seen}
+        waiting = [uid for uid, interest in items.items() if interest.waiting]
         try:
-            found = await asyncio.wait_for(self._look(backend, ids, full), backend.timeout * 2)
+            found = await asyncio.wait_for(
+                self._look(backend, ids, full or bool(waiting)), backend.timeout * 2
+            )
         except Exception as e:  # down, slow, or returning garbage: only its own Amphorae wait
             if key not in self._down:
                 self._down.add(key)
@@ -101,16 +106,14 @@ class Poller:
                     "backend poll failed",
                     extra={"profile": backend.profile, "error": type(e).__name__},
                 )
-                for uid in items:
-                    self.queue.mark(uid)
+                for uid, interest in items.items():
+                    if not interest.waiting:
+                        self.queue.mark(uid)
             return
-        if key in self._down:
-            self._down.discard(key)
-            for uid in items:
-                self.queue.mark(uid)
-            return
+        recovered = key in self._down
+        self._down.discard(key)
         for uid, interest in items.items():
-            if interest.changed(found):
+            if recovered or interest.waiting or interest.changed(found):
                 self.queue.mark(uid)
 
     async def _look(

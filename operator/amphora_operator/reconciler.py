@@ -63,6 +63,9 @@ class Interest:
     backend: Backend
     seen: dict[str, Fingerprint]
     moving: bool
+    #: The backend did not answer: the poller probes it once per round for all such
+    #: Amphorae and wakes them when it answers (no per-Amphora retries against an outage).
+    waiting: bool = False
 
     def changed(self, found: dict[str, AmphoraInstance | None]) -> bool:
         return any(fingerprint(found.get(i)) != fp for i, fp in self.seen.items())
@@ -211,8 +214,8 @@ class Reconciler:
                 new = plan_backend(status, failure, generation=generation, now=self.clock())
                 await self.write(body, new)
                 return Outcome(
-                    requeue_after=max(settings.poll_interval, backend.breaker.retry_after),
-                    interest=Interest(backend, {}, moving=False),
+                    requeue_after=settings.retry_max,
+                    interest=Interest(backend, {}, moving=True, waiting=True),
                 )
             if attempt == 1 and _not_visible_yet(status, observation):
                 # A backend that lists new instances late: not lost; the poller looks again.
