@@ -106,9 +106,8 @@ class Poller:
                     "backend poll failed",
                     extra={"profile": backend.profile, "error": type(e).__name__},
                 )
-                for uid, interest in items.items():
-                    if not interest.waiting:
-                        self.queue.mark(uid)
+                for uid in items:  # once per outage: they show it (e.g. CircuitOpen)
+                    self.queue.mark(uid)
             return
         recovered = key in self._down
         self._down.discard(key)
