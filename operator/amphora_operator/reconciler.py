@@ -213,10 +213,8 @@ class Reconciler:
                 failure = failure_of("observe", e)
                 new = plan_backend(status, failure, generation=generation, now=self.clock())
                 await self.write(body, new)
-                return Outcome(
-                    requeue_after=settings.retry_max,
-                    interest=Interest(backend, {}, moving=True, waiting=True),
-                )
+                # No timer of its own: the poller's one probe per round wakes it.
+                return Outcome(interest=Interest(backend, {}, moving=True, waiting=True))
             if attempt == 1 and _not_visible_yet(status, observation):
                 # A backend that lists new instances late: not lost; the poller looks again.
                 body = await self.write(body, status)
