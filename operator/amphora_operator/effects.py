@@ -8,6 +8,7 @@ passed through untouched: it is the single rule for transient against terminal.
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -36,6 +37,8 @@ from amphora_operator.planner import (
 )
 
 __all__ = ["Effects", "failure_of", "spec_field_path"]
+
+log = logging.getLogger(__name__)
 
 #: BuildRequest fields as the user wrote them in the Amphora spec.
 _SPEC_FIELDS = {
@@ -96,10 +99,12 @@ class Effects:
     ) -> list[Failure]:
         failures: list[Failure] = []
         for action in actions:
+            done: dict[str, str] = {}
             try:
                 if isinstance(action, Build):
                     request = await self.build_request(spec, meta, action.revision)
                     new_id = await backend.build(request)
+                    done["id"] = new_id
                     if action.replacement and status.replacement is not None:
                         status.replacement = status.replacement.model_copy(
                             update={"compute_id": new_id}
@@ -118,7 +123,19 @@ class Effects:
                 NotImplementedError,
                 ValidationError,
             ) as e:
-                failures.append(failure_of(type(action).__name__.lower(), e))
+                failure = failure_of(type(action).__name__.lower(), e)
+                failures.append(failure)
+                done["failed"] = failure.reason
+            # One line per mutating call: what was done to which Amphora (never spec content).
+            log.info(
+                "driver action",
+                extra={
+                    "action": type(action).__name__.lower(),
+                    "amphora": f"{meta['namespace']}/{meta['name']}",
+                    "profile": backend.profile,
+                    **done,
+                },
+            )
         return failures
 
     async def build_request(

@@ -153,6 +153,10 @@ class Reconciler:
         meta = body["metadata"]
         updated = await self.gateway.patch_status(meta["namespace"], meta["name"], new)
         self.metrics.status_writes.inc()
+        log.info(
+            "status written",
+            extra={"amphora": f"{meta['namespace']}/{meta['name']}", "phase": new.get("phase")},
+        )
         self.store.update(updated)
         return self.store.get(meta["uid"]) or slim(updated)
 
