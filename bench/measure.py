@@ -130,9 +130,14 @@ def install_finalizer_policy(
              "spec": vm_spec("policy-probe")}  # fmt: skip
     deadline = time.monotonic() + timeout
     while True:
-        created = api.create_namespaced_custom_object(
-            GROUP, VERSION, "default", PLURAL, probe, dry_run="All"
-        )
+        try:
+            created = api.create_namespaced_custom_object(
+                GROUP, VERSION, "default", PLURAL, probe, dry_run="All"
+            )
+        except k8s.ApiException as e:
+            if e.status not in (404, 503):  # a CRD just Established may not be served yet
+                raise
+            created = {"metadata": {}}
         if FINALIZER in (created["metadata"].get("finalizers") or []):
             return
         if time.monotonic() > deadline:
