@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -72,6 +73,7 @@ __all__ = [
 #: Failure reasons that describe the backend rather than one Amphora: they also set the
 #: BackendAvailable condition. (Whether to retry is decided by ``retryable`` alone.)
 BACKEND_REASONS = frozenset({"CircuitOpen", "BackendUnavailable", "Timeout", "RateLimited"})
+_LAST_FAILURE = re.compile(r"\(last: (\w+)\)")
 #: Exponents above this give the cap anyway; clamping avoids float overflow at any retry count.
 _MAX_EXPONENT = 60
 
@@ -571,14 +573,23 @@ def plan_backend(
     return s
 
 
+def _cause(reason: str, message: str) -> str:
+    """The backend's own failure behind a reason (CircuitOpen names its last one)."""
+    if reason == "CircuitOpen":
+        found = _LAST_FAILURE.search(message)
+        return found.group(1) if found else reason
+    return reason
+
+
 def _backend_down(s: AmphoraStatus, failure: Failure, gen: int | None, stamp: str) -> None:
-    """BackendAvailable False, worded by the first failure of an outage, or CircuitOpen once
-    the breaker opened; a breaker flipping between open and half-open afterwards is not news to
-    a user (so an outage costs at most two writes per Amphora, whatever its length)."""
+    """BackendAvailable False. Rewritten only when the backend's failure changes kind (say 5xx
+    to 429) or the breaker opens: a breaker flipping between open and half-open is not news,
+    so an outage costs a few writes per Amphora, whatever its length."""
     known = next((c for c in s.conditions if c.type == "BackendAvailable"), None)
     if (
         known is not None
         and known.status == "False"
+        and _cause(known.reason, known.message) == _cause(failure.reason, failure.message)
         and (known.reason == "CircuitOpen" or failure.reason != "CircuitOpen")
     ):
         return

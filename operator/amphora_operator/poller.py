@@ -52,7 +52,8 @@ class Poller:
         self.on_round = on_round
         self.clock = clock
         self._wake = asyncio.Event()
-        self._down: set[int] = set()
+        #: Backends that failed, with the kind of failure last seen (news when it changes).
+        self._down: dict[int, str] = {}
         self._next_resync = 0.0
 
     def wake(self) -> None:
@@ -100,17 +101,19 @@ class Poller:
                 self._look(backend, ids, full or bool(waiting)), backend.timeout * 2
             )
         except Exception as e:  # down, slow, or returning garbage: only its own Amphorae wait
-            if key not in self._down:
-                self._down.add(key)
+            cause = str(getattr(e, "reason", type(e).__name__))
+            if cause == "CircuitOpen":
+                cause = backend.breaker.last_failure or cause
+            if self._down.get(key) != cause:  # down, or failing differently: they show it
+                self._down[key] = cause
                 log.warning(
                     "backend poll failed",
                     extra={"profile": backend.profile, "error": type(e).__name__},
                 )
-                for uid in items:  # once per outage: they show it (e.g. CircuitOpen)
+                for uid in items:
                     self.queue.mark(uid)
             return
-        recovered = key in self._down
-        self._down.discard(key)
+        recovered = self._down.pop(key, None) is not None
         for uid, interest in items.items():
             if recovered or interest.waiting or interest.changed(found):
                 self.queue.mark(uid)
