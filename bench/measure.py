@@ -24,7 +24,7 @@ from typing import Any
 import amphora_devtools.operator_process as devtools
 import urllib3
 from amphora_devtools.configs import noop_config as devtools_noop_config
-from amphora_devtools.crd import install_crd
+from amphora_devtools.crd import NO_OPERATOR_LABEL, install_crd, install_finalizer_policy
 from amphora_devtools.metrics import histogram, metric, parse
 from amphora_operator.model import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from kubernetes import client as k8s
@@ -38,6 +38,7 @@ __all__ = [
     "api_client",
     "histogram_quantile",
     "install_crd",
+    "install_finalizer_policy",
     "noop_config",
     "percentile",
     "run_baseline",
@@ -428,11 +429,12 @@ def _delete_all(client: k8s.ApiClient, namespace: str, timeout: float) -> float 
 
 
 @contextlib.contextmanager
-def _namespace(client: k8s.ApiClient, prefix: str) -> Iterator[str]:
+def _namespace(client: k8s.ApiClient, prefix: str, *, operated: bool = True) -> Iterator[str]:
     """A fresh namespace; on exit, leftovers lose their finalizers and the namespace is gone."""
     name = f"{prefix}-{uuid.uuid4().hex[:6]}"
     core = k8s.CoreV1Api(client)
-    core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
+    labels = {} if operated else {NO_OPERATOR_LABEL: "true"}
+    core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name, labels=labels)))
     try:
         yield name
     finally:
@@ -494,7 +496,10 @@ def run_baseline(
     kubeconfig: Path, *, n: int, threads: int, deadline: float, spec: Spec = vm_spec
 ) -> Measurement:
     """N Amphorae created and patched Ready by the client itself: the apiserver's floor."""
-    with api_client(kubeconfig) as client, _namespace(client, f"bench-baseline-{n}") as ns:
+    with (
+        api_client(kubeconfig) as client,
+        _namespace(client, f"bench-baseline-{n}", operated=False) as ns,
+    ):
         api = k8s.CustomObjectsApi(client)
 
         def write_ready(name: str) -> None:

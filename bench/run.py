@@ -1,8 +1,9 @@
 """Run every benchmark on a fresh local control plane and write ``bench/results/``.
 
-``python -m bench.run [--sizes 100,1000,5000] [--out bench/results]``: for each N a baseline
-and an operator run (noop driver, 0 s builds), then handler latency with a slow backend (noop,
-5 s builds) and, when the Nova box can be started, N=10 against the real Nova API. Results are
+``python -m bench.run [--sizes 100,1000,5000] [--out bench/results]``: for each N a baseline, a
+floor (a minimal watch-then-patch controller, :mod:`bench.floor`) and an operator run (noop
+driver, 0 s builds), then handler latency with a slow backend (noop, 5 s builds), a realistic
+case (N=1,000 with 5 s builds) and, when the Nova box can be started, N=10 against Nova. Results are
 rewritten after every measurement, so an interrupted run still leaves what it measured.
 """
 
@@ -26,10 +27,12 @@ from typing import Any
 
 from amphora_devtools.control_plane import LocalControlPlane
 
+from bench.floor import run_floor
 from bench.measure import (
     Measurement,
     api_client,
     install_crd,
+    install_finalizer_policy,
     noop_config,
     run_baseline,
     run_operator,
@@ -116,6 +119,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--slow-n", type=int, default=200, help="N of the slow backend; 0 skips")
     parser.add_argument("--slow-build-seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--realistic-n", type=int, default=1000, help="N with 5 s noop builds; 0 skips it"
+    )
     parser.add_argument("--nova-n", type=int, default=10, help="N against Nova; 0 skips it")
     return parser
 
@@ -155,9 +161,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         kubeconfig = plane.kubeconfig
         with api_client(kubeconfig) as client:
             install_crd(client)
+            install_finalizer_policy(client)
         common: dict[str, Any] = {"threads": args.threads, "deadline": args.deadline}
         for n in sizes:
             record(f"baseline N={n}", partial(run_baseline, kubeconfig, n=n, **common))
+            record(f"floor N={n}", partial(run_floor, kubeconfig, n=n, workdir=work, **common))
             record(
                 f"operator N={n}",
                 partial(
@@ -170,6 +178,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 partial(
                     run_operator, kubeconfig, n=args.slow_n, workdir=work,
                     scenario="slow-backend", config=noop_config(args.slow_build_seconds),
+                    build_seconds=args.slow_build_seconds, **common,
+                ),
+            )  # fmt: skip
+        if args.realistic_n:
+            record(
+                f"realistic N={args.realistic_n}",
+                partial(
+                    run_operator, kubeconfig, n=args.realistic_n, workdir=work,
+                    scenario="realistic", config=noop_config(args.slow_build_seconds),
                     build_seconds=args.slow_build_seconds, **common,
                 ),
             )  # fmt: skip

@@ -5,7 +5,8 @@ once with reason CircuitOpen until ``reset_timeout`` has passed), HALF_OPEN (up 
 ``half_open_max_calls`` trial calls pass; one success closes, one failure re-opens).
 
 Only failures of the backend count: retryable driver errors, timeouts and unexpected
-exceptions. A bad image or a missing instance is the caller's problem, not the backend's.
+exceptions. A bad image or a missing instance is the caller's problem, not the backend's, and
+an exceeded quota is one tenant's (reason QuotaExceeded): it must not cut off every tenant.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from amphora_drivers.exceptions import AmphoraComputeError, Reason
 __all__ = ["BreakerSettings", "BreakerState", "CircuitBreaker"]
 
 P = ParamSpec("P")
+#: Retryable errors that say nothing about the backend's health.
+_NOT_THE_BACKEND = frozenset({Reason.QUOTA_EXCEEDED})
 T = TypeVar("T")
 
 
@@ -85,7 +88,7 @@ class CircuitBreaker:
         try:
             result = fn(*args, **kwargs)
         except AmphoraComputeError as e:
-            if e.retryable:
+            if e.retryable and e.reason not in _NOT_THE_BACKEND:
                 self.record_failure(e.reason)
             else:
                 self._record_success()

@@ -1,10 +1,11 @@
 """An in-memory driver that builds nothing, for tests, benchmarks and demos.
 
-It keeps instances in memory (or, for tests that kill the operator, in a JSON file shared
-across processes), records every call, and simulates a compute backend whose behaviour the
-caller decides: how long builds and deletes take, builds that end in ERROR, deletes that fail
-``k`` times, slow API calls, and any failure an ``on_call`` hook raises (like httpx's
-MockTransport takes a handler).
+It keeps instances in memory, indexed by id and by owner so that no lookup scans them all (or,
+for tests that kill the operator, in a JSON file shared across processes), records calls when
+asked to (``record_calls=True``; otherwise nothing grows with use), and simulates a compute
+backend whose behaviour the caller decides: how long builds and deletes take, builds that end
+in ERROR, deletes that fail ``k`` times, slow API calls, and any failure an ``on_call`` hook
+raises (like httpx's MockTransport takes a handler).
 
 Behaviour can also be chosen per instance through tags, so one operator can run fast, slow
 and failing amphorae side by side::
@@ -72,27 +73,74 @@ class _Record(BaseModel):
 
 
 @dataclass
+class _Table:
+    """Instances by id, with an owner index and the set of instances being deleted."""
+
+    records: dict[str, _Record] = field(default_factory=dict)
+    owners: dict[str, set[str]] = field(default_factory=dict)
+    dying: set[str] = field(default_factory=set)
+
+    @classmethod
+    def of(cls, records: dict[str, _Record]) -> _Table:
+        table = cls()
+        for record in records.values():
+            table.add(record)
+        return table
+
+    def add(self, record: _Record) -> None:
+        self.records[record.id] = record
+        if record.owner is not None:
+            self.owners.setdefault(record.owner, set()).add(record.id)
+        if record.deleted_at is not None:
+            self.dying.add(record.id)
+
+    def remove(self, record_id: str) -> None:
+        record = self.records.pop(record_id, None)
+        self.dying.discard(record_id)
+        if record is not None and record.owner is not None:
+            ids = self.owners.get(record.owner, set())
+            ids.discard(record_id)
+            if not ids:
+                self.owners.pop(record.owner, None)
+
+    def mark_deleted(self, record: _Record, now: float) -> None:
+        record.deleted_at = now
+        self.dying.add(record.id)
+
+    def forget_deleted(self, now: float) -> None:
+        """Drop instances whose deletion finished (only those being deleted are looked at)."""
+        gone = [
+            k
+            for k in self.dying
+            if (r := self.records.get(k)) is None
+            or (r.deleted_at is not None and now >= r.deleted_at + r.delete_seconds)
+        ]
+        for key in gone:
+            self.remove(key)
+
+
+@dataclass
 class _Store:
-    """Instances by id, in memory or mirrored to a JSON file under an exclusive lock."""
+    """The table, in memory or mirrored to a JSON file under an exclusive lock."""
 
     path: Path | None
-    records: dict[str, _Record] = field(default_factory=dict)
+    table: _Table = field(default_factory=_Table)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[dict[str, _Record]]:
+    def transaction(self) -> Iterator[_Table]:
         with self.lock:
             if self.path is None:
-                yield self.records
+                yield self.table
                 return
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path.with_suffix(".lock"), "a+") as lock_file:
                 fcntl.flock(lock_file, fcntl.LOCK_EX)
-                records = self._load()
-                yield records
+                table = _Table.of(self._load())
+                yield table
                 tmp = self.path.with_suffix(".tmp")
                 tmp.write_text(
-                    json.dumps({k: r.model_dump(mode="json") for k, r in records.items()})
+                    json.dumps({k: r.model_dump(mode="json") for k, r in table.records.items()})
                 )
                 os.replace(tmp, self.path)
 
@@ -122,6 +170,7 @@ class NoopDriver(AmphoraComputeDriver):
         state_file: str | os.PathLike[str] | None = None,
         on_call: Callable[[str, Mapping[str, Any]], None] | None = None,
         clock: Callable[[], float] = time.time,
+        record_calls: bool = False,
     ) -> None:
         """Configure the simulation.
 
@@ -134,6 +183,8 @@ class NoopDriver(AmphoraComputeDriver):
         :param on_call: called with (method, arguments) before each call; may raise any
             driver exception to inject a fault.
         :param clock: wall-clock source in seconds (injectable for tests).
+        :param record_calls: keep every call in :attr:`calls` (off by default, so that a
+            long-running benchmark's backend does not grow with use).
         """
         self.build_seconds = float(build_seconds)
         self.build_fault = build_fault or None
@@ -143,18 +194,20 @@ class NoopDriver(AmphoraComputeDriver):
         self.on_call = on_call
         self.clock = clock
         self._store = _Store(Path(state_file) if state_file else None)
+        self.record_calls = record_calls
         self._calls: list[NoopCall] = []
         self._calls_lock = threading.Lock()
 
     @property
     def calls(self) -> list[NoopCall]:
-        """Every call made to this driver object, in order (a copy)."""
+        """Every call made to this driver object, in order (a copy; needs record_calls)."""
         with self._calls_lock:
             return list(self._calls)
 
     def _enter(self, method: str, **arguments: Any) -> None:
-        with self._calls_lock:
-            self._calls.append(NoopCall(method, arguments))
+        if self.record_calls:
+            with self._calls_lock:
+                self._calls.append(NoopCall(method, arguments))
         if self.call_latency:
             time.sleep(self.call_latency)
         if self.on_call is not None:
@@ -187,8 +240,8 @@ class NoopDriver(AmphoraComputeDriver):
             delete_failures_left=delete_failures,
             delete_seconds=self.delete_seconds,
         )
-        with self._store.transaction() as records:
-            records[record.id] = record
+        with self._store.transaction() as table:
+            table.add(record)
         return record.id
 
     def find(
@@ -200,9 +253,15 @@ class NoopDriver(AmphoraComputeDriver):
     ) -> list[AmphoraInstance]:
         self._enter("find", amphora_id=amphora_id, name=name, owner=owner)
         now = self.clock()
-        with self._store.transaction() as records:
-            self._forget_deleted(records, now)
-            candidates = list(records.values())
+        with self._store.transaction() as table:
+            table.forget_deleted(now)
+            if amphora_id is not None:
+                record = table.records.get(amphora_id)
+                candidates = [record] if record is not None else []
+            elif owner is not None:
+                candidates = [table.records[i] for i in table.owners.get(owner, ())]
+            else:
+                candidates = list(table.records.values())
         return [
             self._instance(r, now)
             for r in candidates
@@ -215,17 +274,17 @@ class NoopDriver(AmphoraComputeDriver):
     def delete(self, amphora_id: str) -> None:
         self._enter("delete", amphora_id=amphora_id)
         now = self.clock()
-        with self._store.transaction() as records:
-            self._forget_deleted(records, now)
-            record = records.get(amphora_id)
+        with self._store.transaction() as table:
+            table.forget_deleted(now)
+            record = table.records.get(amphora_id)
             if record is None or record.deleted_at is not None:
                 return
             failures_left = record.delete_failures_left
             if failures_left > 0:
                 record.delete_failures_left -= 1  # stored when the transaction ends
             else:
-                record.deleted_at = now
-                self._forget_deleted(records, now)
+                table.mark_deleted(record, now)
+                table.forget_deleted(now)
         if failures_left > 0:
             raise DeleteFailed(
                 f"simulated delete failure ({failures_left - 1} left)", retryable=True
@@ -233,35 +292,25 @@ class NoopDriver(AmphoraComputeDriver):
 
     def suspend(self, amphora_id: str) -> None:
         self._enter("suspend", amphora_id=amphora_id)
-        with self._store.transaction() as records:
-            self._live(records, amphora_id).suspended = True
+        with self._store.transaction() as table:
+            self._live(table, amphora_id).suspended = True
 
     def resume(self, amphora_id: str) -> None:
         self._enter("resume", amphora_id=amphora_id)
-        with self._store.transaction() as records:
-            record = self._live(records, amphora_id)
+        with self._store.transaction() as table:
+            record = self._live(table, amphora_id)
             if not record.suspended:
                 raise NotSuspendedError(f"amphora {amphora_id} is not suspended")
             record.suspended = False
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _live(self, records: dict[str, _Record], amphora_id: str) -> _Record:
-        self._forget_deleted(records, self.clock())
-        record = records.get(amphora_id)
+    def _live(self, table: _Table, amphora_id: str) -> _Record:
+        table.forget_deleted(self.clock())
+        record = table.records.get(amphora_id)
         if record is None or record.deleted_at is not None:
             raise InstanceNotFoundError(f"no amphora with id {amphora_id}")
         return record
-
-    @staticmethod
-    def _forget_deleted(records: dict[str, _Record], now: float) -> None:
-        gone = [
-            k
-            for k, r in records.items()
-            if r.deleted_at is not None and now >= r.deleted_at + r.delete_seconds
-        ]
-        for key in gone:
-            del records[key]
 
     @staticmethod
     def _instance(record: _Record, now: float) -> AmphoraInstance:

@@ -1,7 +1,10 @@
-"""Compute profiles: a driver from the entry-point registry, behind a breaker and a timeout.
+"""Compute profiles: a driver from the entry-point registry, behind a typed async proxy.
 
-This is the only place the operator touches drivers: every call runs in a worker thread,
-through the profile's circuit breaker, bounded by ``driver_call_timeout``, and is measured.
+This is the only place the operator touches drivers. :class:`Backend` offers one typed
+coroutine per driver operation; each runs in the profile's worker threads, through its circuit
+breaker, bounded by ``driver_call_timeout``, and is measured. Before each mutating call the
+``may_act`` fence is asked whether this process may still act (leader election): a replica
+that lost its lease stops acting before another may start.
 """
 
 from __future__ import annotations
@@ -11,14 +14,18 @@ import inspect
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from amphora_drivers import (
     AmphoraComputeDriver,
     AmphoraComputeError,
+    AmphoraInstance,
+    AmphoraState,
     BreakerSettings,
     BreakerState,
+    BuildRequest,
     CircuitBreaker,
+    NotSuspendedError,
     Reason,
     driver_class,
 )
@@ -26,20 +33,19 @@ from amphora_drivers import (
 from amphora_operator.config import OperatorConfig, ProfileConfig
 from amphora_operator.metrics import Metrics
 
-__all__ = ["MUTATING", "Backend", "BackendPool", "NotLeading", "UnknownProfileError"]
-
-#: Driver methods that change the backend: refused unless the fence allows them.
-MUTATING = frozenset({"build", "build_from", "create", "delete", "suspend", "resume"})
+__all__ = ["Backend", "BackendPool", "NotLeading", "UnknownProfileError"]
 
 T = TypeVar("T")
+_GONE = (AmphoraState.DELETED, AmphoraState.DELETING)
 
 
 class UnknownProfileError(LookupError):
     """spec.driver names no configured profile."""
 
 
-class NotLeading(RuntimeError):
-    """A mutating call was refused: this replica may no longer act (it lost the Lease)."""
+class NotLeading(AmphoraComputeError):
+    """The fence refused a mutating call: this replica may no longer act (retryable: the
+    next leader does it)."""
 
 
 class Backend:
@@ -54,26 +60,72 @@ class Backend:
         executor: ThreadPoolExecutor,
         timeout: float,
         metrics: Metrics,
-        fence: Callable[[], bool] | None = None,
+        may_act: Callable[[], bool] = lambda: True,
     ) -> None:
         self.profile = profile
-        #: Checked in the worker thread right before each mutating call (see leader.py).
-        self.fence = fence
         self.driver = driver
         self.breaker = breaker
         self.executor = executor
         self.timeout = timeout
         self.metrics = metrics
+        self.may_act = may_act
 
-    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Call ``driver.<method>`` off the event loop, through the breaker, with a timeout."""
-        fn: Callable[..., Any] = getattr(self.driver, method)
+    # -- reads --------------------------------------------------------------------------
+
+    async def by_id(self, amphora_id: str) -> AmphoraInstance | None:
+        found = await self._call("find", lambda: self.driver.find(amphora_id=amphora_id))
+        return found[0] if found else None
+
+    async def by_owner(self, owner: str) -> AmphoraInstance | None:
+        """The live instance carrying ``owner`` (else a dying one, else None)."""
+        found = await self._call("find", lambda: self.driver.find(owner=owner))
+        live = [i for i in found if i.state not in _GONE]
+        candidates = live or found
+        return candidates[0] if candidates else None
+
+    async def listing(self) -> list[AmphoraInstance]:
+        """Every instance this backend manages (one call; for poll rounds and resyncs)."""
+        return await self._call("find", self.driver.find)
+
+    # -- writes (fenced) ------------------------------------------------------------------
+
+    async def build(self, request: BuildRequest) -> str:
+        return await self._call("build_from", lambda: self.driver.build_from(request), act=True)
+
+    async def delete(self, amphora_id: str) -> None:
+        await self._call("delete", lambda: self.driver.delete(amphora_id), act=True)
+
+    async def suspend(self, amphora_id: str) -> None:
+        await self._call("suspend", lambda: self.driver.suspend(amphora_id), act=True)
+
+    async def resume(self, amphora_id: str) -> None:
+        """Resume; an instance that is not suspended (it came back by itself) is fine."""
+        try:
+            await self._call("resume", lambda: self.driver.resume(amphora_id), act=True)
+        except NotSuspendedError:
+            return
+
+    def _fenced(self, method: str, fn: Callable[[], T]) -> T:
+        """Ask the fence in the worker thread, right before the driver (see leader.py): the
+        later the check, the smaller the window a paused replica can act in. A refusal is
+        not a backend failure, so it bypasses the breaker."""
+        if not self.may_act():
+            raise NotLeading(
+                f"{method} refused: this replica no longer holds the lease",
+                reason="NotLeading",
+                retryable=True,
+            )
+        return self.breaker.call(fn)
+
+    # -- the one path every call takes ------------------------------------------------------
+
+    async def _call(self, method: str, fn: Callable[[], T], *, act: bool = False) -> T:
+        """Run ``fn`` off the event loop, through the breaker, with a timeout."""
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         try:
-            future = loop.run_in_executor(
-                self.executor, lambda: self._fenced(method, fn, *args, **kwargs)
-            )
+            call = (lambda: self._fenced(method, fn)) if act else (lambda: self.breaker.call(fn))
+            future = loop.run_in_executor(self.executor, call)
             return await asyncio.wait_for(future, self.timeout)
         except TimeoutError as e:
             self.breaker.record_failure(Reason.TIMEOUT)
@@ -94,11 +146,6 @@ class Backend:
                 0 if self.breaker.state is BreakerState.CLOSED else 1
             )
 
-    def _fenced(self, method: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        if self.fence is not None and method in MUTATING and not self.fence():
-            raise NotLeading(f"{self.profile}.{method} refused: this replica no longer leads")
-        return self.breaker.call(fn, *args, **kwargs)
-
 
 class BackendPool:
     """Creates backends lazily, so a profile that is never used never needs credentials."""
@@ -108,16 +155,16 @@ class BackendPool:
         config: OperatorConfig,
         metrics: Metrics,
         *,
-        api_client: Any = None,
-        fence: Callable[[], bool] | None = None,
+        api_client: object = None,
+        may_act: Callable[[], bool] = lambda: True,
     ) -> None:
         """``api_client`` is handed to drivers that take one (the container driver), so they
-        act with the operator's own Kubernetes credentials rather than ambient ones.
-        ``fence`` (the leader's ``may_act``) must allow each mutating call, else NotLeading."""
-        self.fence = fence
+        act with the operator's own Kubernetes credentials rather than ambient ones;
+        ``may_act`` fences every mutating driver call (see :class:`Backend`)."""
         self.config = config
         self.metrics = metrics
         self.api_client = api_client
+        self.may_act = may_act
         # One pool per profile (a bulkhead): a hung backend can only hold its own threads.
         self._executors: dict[str, ThreadPoolExecutor] = {}
         self._backends: dict[tuple[str, str | None], Backend] = {}
@@ -167,12 +214,9 @@ class BackendPool:
                 executor=self._executors[profile],
                 timeout=self.config.reconcile.driver_call_timeout,
                 metrics=self.metrics,
-                fence=self.fence,
+                may_act=lambda: self.may_act(),
             )
         return self._backends[key]
-
-    def backends(self) -> list[Backend]:
-        return list(self._backends.values())
 
     def close(self) -> None:
         for backend in self._backends.values():

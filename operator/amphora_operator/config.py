@@ -43,7 +43,7 @@ class ProfileConfig(_Config):
 class ReconcileConfig(_Config):
     poll_interval: Annotated[
         float, Field(gt=0, description="Seconds between backend polls while any amphora moves.")
-    ] = 1.0
+    ] = 0.5
     resync_interval: Annotated[
         float, Field(gt=0, description="Seconds between drift checks when all are stable.")
     ] = 30.0
@@ -60,8 +60,21 @@ class ReconcileConfig(_Config):
         int, Field(ge=1, description="Driver and API calls running at once (threads).")
     ] = 16
     delete_retry: Annotated[
-        float, Field(gt=0, description="Seconds between checks that a deleted instance is gone.")
+        float,
+        Field(
+            gt=0,
+            description="Longest wait between checks that a deleted instance is gone (seconds; "
+            "checks start at once and back off from poll_interval).",
+        ),
     ] = 2.0
+    stall_after: Annotated[
+        int,
+        Field(
+            ge=1,
+            description="Consecutive failed builds after which an Amphora reports Stalled "
+            "(kstatus Failed); it is still retried at the capped backoff.",
+        ),
+    ] = 3
 
 
 class LeaderElectionConfig(_Config):

@@ -139,6 +139,8 @@ def _printer_columns() -> list[dict[str, Any]]:
         column("Phase", ".status.phase"),
         column("Compute ID", ".status.computeId"),
         column("Address", ".status.addresses[0]"),
+        # Why it is not Ready (Building, Suspended, NoValidHost, CircuitOpen...), at a glance.
+        column("Reason", '.status.conditions[?(@.type=="Ready")].reason'),
         column("Driver", ".status.driver", priority=1),
         column("Fault", ".status.fault", priority=1),
         column("Age", ".metadata.creationTimestamp", kind="date"),

@@ -1,7 +1,9 @@
-"""kopf handlers: thin translations of watch events into Controller calls.
+"""kopf handlers: watch events into the runtime, plus start-up, liveness and leadership.
 
-Everything that decides lives in :mod:`.controller` and :mod:`.planner`; these functions only
-wire kopf's lifecycle (start-up, finalizer, create/update/resume, delete, probes) to it.
+kopf is the framework for watching, login, lifecycle and probes. No kopf change-handlers are
+registered (create/update/resume/delete): those would cost a finalizer PATCH and per-object
+diffbase/progress annotations on every Amphora. The one ``on.event`` handler files each event
+into :class:`~.runtime.Runtime` in O(1); its workers and poller do the rest, as the leader only.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,11 +21,11 @@ from kubernetes import config as kube_config
 
 from amphora_operator.backends import BackendPool
 from amphora_operator.config import OperatorConfig
-from amphora_operator.controller import Controller
-from amphora_operator.kube import KubeGateway
+from amphora_operator.kube import KubeGateway, ThreadedGateway
 from amphora_operator.leader import KubeLeaseApi, LeaseElector
 from amphora_operator.metrics import Metrics
-from amphora_operator.model import FINALIZER, GROUP, PLURAL, VERSION
+from amphora_operator.model import GROUP, PLURAL, VERSION
+from amphora_operator.runtime import Runtime
 
 __all__ = ["RunOptions", "make_elector", "make_registry", "tasks_alive"]
 
@@ -47,8 +48,9 @@ class RunOptions:
 
 
 @dataclass
-class _Runtime:
-    controller: Controller | None = None
+class _State:
+    runtime: Runtime | None = None
+    gateway: ThreadedGateway | None = None
     #: Set while this replica may act (at once without leader election).
     leading: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -103,13 +105,9 @@ def tasks_alive(tasks: list[asyncio.Task[None]]) -> str:
 def make_registry(options: RunOptions) -> kopf.OperatorRegistry:
     """Register the operator's handlers in a fresh registry (one per operator instance)."""
     registry = kopf.OperatorRegistry()
-    runtime = _Runtime()
+    state = _State()
     metrics = Metrics()
     settings_config = options.config.reconcile
-
-    def controller() -> Controller:
-        assert runtime.controller is not None, "start-up has not run"
-        return runtime.controller
 
     @kopf.on.login(id="login", registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -119,121 +117,105 @@ def make_registry(options: RunOptions) -> kopf.OperatorRegistry:
 
     @kopf.on.startup(id="startup", registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-        settings.persistence.finalizer = FINALIZER
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix=GROUP, key="last-handled-configuration"
-        )
+        # No change-handlers are registered, so kopf writes no finalizer and no annotations.
         settings.execution.max_workers = settings_config.concurrency
         settings.watching.connect_timeout = 10
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
         settings.watching.reconnect_backoff = 1.0
         settings.networking.request_timeout = 30
-        # kopf waits this long for more events of one object before handling it (default
-        # 0.1 s); an Amphora's create passes through ~4 events, so this is latency per apply.
-        settings.batching.batch_window = 0.02
+        settings.batching.batch_window = 0.0  # the runtime coalesces; no per-event wait
         settings.posting.level = logging.WARNING
         if options.namespaces_exact:
             settings.scanning.disabled = True  # nothing to discover; saves a namespace list
-        api = api_client_for(options.kubeconfig, settings_config.concurrency + 4)
+        api = api_client_for(options.kubeconfig, settings_config.concurrency * 2 + 4)
         if options.metrics_port:
             from prometheus_client import start_http_server
 
-            runtime.metrics_server = start_http_server(
+            state.metrics_server = start_http_server(
                 options.metrics_port, registry=metrics.registry
             )
         elector = make_elector(options, api) if options.leader_election else None
-        runtime.controller = Controller(
+        state.gateway = ThreadedGateway(KubeGateway(api), settings_config.concurrency)
+        state.runtime = Runtime(
             config=options.config,
+            # Fence: mutating driver calls only while this replica leads and, with leader
+            # election, only while the Lease was renewed recently enough (leader.py).
             backends=BackendPool(
                 options.config,
                 metrics,
                 api_client=api,
-                fence=elector.may_act if elector is not None else None,
+                may_act=(
+                    (lambda: state.leading.is_set() and elector.may_act())
+                    if elector is not None
+                    else state.leading.is_set
+                ),
             ),
-            kube=KubeGateway(api),
+            gateway=state.gateway,
             metrics=metrics,
         )
         # Start-up returns at once so that /healthz answers while a follower waits its turn.
-        runtime.tasks.append(asyncio.create_task(lead(runtime.controller, elector)))
+        state.tasks.append(asyncio.create_task(lead(state.runtime, elector)))
 
-    async def lead(controller: Controller, elector: LeaseElector | None) -> None:
-        """Act only as the leader: handlers wait on ``leading``; the poller starts with it.
+    async def lead(runtime: Runtime, elector: LeaseElector | None) -> None:
+        """Act only as the leader: workers and poller start once the lease is held.
 
         A replica that loses the Lease exits (crash-only: it restarts as a follower); by then
         the elector's fence already refuses mutating backend calls.
         """
         if elector is not None:
             await elector.acquire()
-        runtime.leading.set()
-        poller = asyncio.create_task(controller.run_poller())
+        state.leading.set()
+        runtime.start()
         try:
             if elector is None:
-                await poller
+                await asyncio.Event().wait()
                 return
             await elector.keep()
-            runtime.leading.clear()
+            state.leading.clear()
             log.error("lost leadership; exiting so that only one replica acts")
             logging.shutdown()
             os._exit(70)
         finally:
-            poller.cancel()
+            state.leading.clear()
+            await runtime.stop()
 
     @kopf.on.cleanup(id="cleanup", registry=registry)
     async def cleanup(**_: Any) -> None:
-        for task in runtime.tasks:
+        for task in state.tasks:
             task.cancel()
-        for task in runtime.tasks:
+        for task in state.tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if runtime.controller is not None:
-            with contextlib.suppress(TimeoutError):  # what is cut short reruns at next start
-                await asyncio.wait_for(runtime.controller.settle(), 10)
-            runtime.controller.backends.close()
-            runtime.controller.close()
-        if runtime.metrics_server is not None:
-            runtime.metrics_server[0].shutdown()
+        if state.runtime is not None:
+            state.runtime.backends.close()
+        if state.gateway is not None:
+            state.gateway.close()
+        if state.metrics_server is not None:
+            state.metrics_server[0].shutdown()
 
     @kopf.on.event(GROUP, VERSION, PLURAL, id="track", registry=registry)
-    async def track(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
-        if event.get("type") == "DELETED":
-            if runtime.leading.is_set():  # clean up what a racing deletion skipped
-                # The event's own object: its last state, as the apiserver deleted it.
-                await controller().vanished(dict(event.get("object") or body))
-            else:
-                controller().forget(body["metadata"]["uid"])
-        else:
-            controller().track(dict(body))
-
-    @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
-    @kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
-    @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
-    async def reconcile(body: kopf.Body, reason: str, **_: Any) -> None:
-        await runtime.leading.wait()
-        started = time.perf_counter()
-        controller().submit(dict(body), trigger=str(reason))
-        metrics.handler_seconds.labels(str(reason)).observe(time.perf_counter() - started)
-
-    @kopf.on.delete(GROUP, VERSION, PLURAL, id="finalize", registry=registry)
-    async def delete(body: kopf.Body, **_: Any) -> None:
-        await runtime.leading.wait()
-        started = time.perf_counter()
-        waiting = await controller().finalize(dict(body))
-        metrics.handler_seconds.labels("delete").observe(time.perf_counter() - started)
-        if waiting is not None:
-            raise kopf.TemporaryError(waiting, delay=settings_config.delete_retry)
+    async def track(event: kopf.RawEvent, **_: Any) -> None:
+        """O(1) on the event loop: file the event, mark the Amphora dirty if needed."""
+        runtime = state.runtime
+        if runtime is None:
+            return
+        runtime.observe(
+            str(event.get("type")),
+            dict(event.get("object") or {}),
+            leading=state.leading.is_set(),
+        )
 
     @kopf.on.probe(id="alive", registry=registry, errors=kopf.ErrorsMode.PERMANENT)
     def alive(**_: Any) -> str:
-        return tasks_alive(runtime.tasks)
+        return tasks_alive(state.tasks)
 
     @kopf.on.probe(id="leading", registry=registry)
     def leading(**_: Any) -> bool:
-        return runtime.leading.is_set()
+        return state.leading.is_set()
 
     @kopf.on.probe(id="amphorae", registry=registry)
     def tracked(**_: Any) -> int:
-        return controller().tracked_count() if runtime.controller is not None else 0
+        return len(state.runtime) if state.runtime is not None else 0
 
     return registry

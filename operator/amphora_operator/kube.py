@@ -1,21 +1,28 @@
-"""The operator's own Kubernetes calls: status writes, Secret reads and Events.
+"""The operator's own Kubernetes calls: status writes, finalizers, Secret reads and Events.
 
-kopf owns watching, finalizers and handler progress; these calls run in worker threads
-through the official client. Secret values are returned to the caller and never logged.
+kopf owns watching; these calls go through the official client. :class:`KubeGateway` is
+synchronous; :class:`ThreadedGateway` runs it in a bounded thread pool and is what the runtime
+uses through the :class:`Gateway` protocol (unit tests pass a fake). Secret values are returned
+to the caller and never logged.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from kubernetes import client
 
 from amphora_operator.model import GROUP, PLURAL, VERSION
 
-__all__ = ["KubeGateway", "SecretNotFound"]
+__all__ = ["Gateway", "KubeGateway", "SecretNotFound", "ThreadedGateway"]
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +69,26 @@ class KubeGateway:
         patch: list[dict[str, Any]] = [
             {"op": "test", "path": "/metadata/resourceVersion", "value": resource_version},
             {"op": "add", "path": "/metadata/finalizers", "value": finalizers},
+        ]
+        try:
+            result = self.custom.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name, patch,
+                _content_type="application/json-patch+json", _request_timeout=self.request_timeout,
+            )  # fmt: skip
+        except client.ApiException as e:
+            if e.status in (404, 409, 422):
+                return None
+            raise
+        return cast(dict[str, Any], result)
+
+    def remove_finalizer(
+        self, namespace: str, name: str, resource_version: str, finalizers: list[str]
+    ) -> dict[str, Any] | None:
+        """Set ``metadata.finalizers`` to ``finalizers`` (ours dropped) if unchanged since
+        ``resource_version``; None when it changed (re-read and retry) or is gone."""
+        patch: list[dict[str, Any]] = [
+            {"op": "test", "path": "/metadata/resourceVersion", "value": resource_version},
+            {"op": "replace", "path": "/metadata/finalizers", "value": finalizers},
         ]
         try:
             result = self.custom.patch_namespaced_custom_object(
@@ -124,3 +151,65 @@ class KubeGateway:
             )
         except client.ApiException as e:
             log.warning("event not recorded", extra={"reason": reason, "status": e.status})
+
+
+class Gateway(Protocol):
+    """The Kubernetes calls the runtime makes, as coroutines (see :class:`ThreadedGateway`)."""
+
+    async def patch_status(
+        self, namespace: str, name: str, status: dict[str, Any]
+    ) -> dict[str, Any]: ...
+
+    async def add_finalizer(
+        self, namespace: str, name: str, resource_version: str, finalizers: list[str]
+    ) -> dict[str, Any] | None: ...
+
+    async def remove_finalizer(
+        self, namespace: str, name: str, resource_version: str, finalizers: list[str]
+    ) -> dict[str, Any] | None: ...
+
+    async def read_secret_key(
+        self, namespace: str, ref_name: str, key: str, field: str
+    ) -> bytes: ...
+
+    def post_event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """Fire and forget (best effort)."""
+
+
+class ThreadedGateway:
+    """:class:`KubeGateway` in a bounded thread pool, so the event loop never blocks."""
+
+    def __init__(self, kube: KubeGateway, threads: int) -> None:
+        self.kube = kube
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kube")
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
+
+    async def patch_status(
+        self, namespace: str, name: str, status: dict[str, Any]
+    ) -> dict[str, Any]:
+        return await self._run(lambda: self.kube.patch_status(namespace, name, status))
+
+    async def add_finalizer(
+        self, namespace: str, name: str, resource_version: str, finalizers: list[str]
+    ) -> dict[str, Any] | None:
+        return await self._run(
+            lambda: self.kube.add_finalizer(namespace, name, resource_version, finalizers)
+        )
+
+    async def remove_finalizer(
+        self, namespace: str, name: str, resource_version: str, finalizers: list[str]
+    ) -> dict[str, Any] | None:
+        return await self._run(
+            lambda: self.kube.remove_finalizer(namespace, name, resource_version, finalizers)
+        )
+
+    async def read_secret_key(self, namespace: str, ref_name: str, key: str, field: str) -> bytes:
+        return await self._run(lambda: self.kube.read_secret_key(namespace, ref_name, key, field))
+
+    def post_event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        self.executor.submit(self.kube.post_event, body, type_, reason, message)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)

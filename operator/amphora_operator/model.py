@@ -416,7 +416,10 @@ class Phase(StrEnum):
 class Condition(_Model):
     """A Kubernetes API convention condition."""
 
-    type: Annotated[str, Field(description="Ready, Progressing or BackendAvailable.")]
+    type: Annotated[
+        str,
+        Field(description="Ready, Reconciling, Stalled, Progressing or BackendAvailable."),
+    ]
     status: Annotated[str, Field(description="True, False or Unknown.")]
     reason: Annotated[str, Field(description="CamelCase machine-readable reason.")]
     message: Annotated[str, Field(description="Human-readable details.")] = ""
@@ -463,7 +466,8 @@ class AmphoraStatus(_Model):
     ] = None
     retries: Annotated[int, Field(description="Consecutive failed builds.")] = 0
     next_retry_time: Annotated[
-        str | None, Field(description="When a failed build is retried (RFC 3339).")
+        str | None,
+        Field(description="When a failed build is tried again (RFC 3339); messages never count."),
     ] = None
     retired: Annotated[
         list[str],
@@ -478,15 +482,14 @@ class AmphoraStatus(_Model):
     conditions: Annotated[
         list[Condition],
         Field(
-            description="Ready, Progressing and BackendAvailable conditions.",
+            description=(
+                "kstatus conditions: Ready (running as declared), Reconciling (work in "
+                "progress), Stalled (cannot progress without a change); also Progressing and "
+                "BackendAvailable."
+            ),
             json_schema_extra={
                 "x-kubernetes-list-type": "map",
                 "x-kubernetes-list-map-keys": ["type"],
             },
         ),
     ] = []
-
-
-def parse_spec(raw: dict[str, Any]) -> AmphoraSpec:
-    """Parse a resource's spec; raises pydantic.ValidationError naming the camelCase field."""
-    return AmphoraSpec.model_validate(raw)

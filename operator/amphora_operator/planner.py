@@ -1,8 +1,9 @@
 """Decide what to do for one Amphora: a pure function of spec, status and what the backend shows.
 
 No I/O here. :func:`plan` returns the next status and the driver actions that lead towards the
-spec; :mod:`amphora_operator.controller` persists the status *before* acting (so a crash never
-forgets an intent) and then acts. The policies users see are all here:
+spec; :mod:`amphora_operator.reconciler` persists the status *before* acting (so a crash never
+forgets an intent) and then acts through :mod:`amphora_operator.effects`, whose failures come
+back here (:func:`plan_failure`). The policies users see are all here:
 
 - Build: the instance is named and owned from the resource UID and a revision; the revision is
   written to status before the build, so a restarted operator adopts (by owner, never by name).
@@ -12,14 +13,25 @@ forgets an intent) and then acts. The policies users see are all here:
   becomes ACTIVE first, then the old one is retired (deleted and confirmed gone).
 - Drift: a Managed instance deleted behind the operator's back is rebuilt; an ObserveOnly one is
   reported as lost. ``suspended`` is applied in place through suspend/resume.
+- Status follows kstatus (what Flux, Argo CD and ``kubectl wait`` read): ``Reconciling`` is True
+  while work is in progress (InProgress), ``Stalled`` is True when nothing will progress without
+  a change (Failed: spec errors, unknown driver, terminal driver errors, and transient failures
+  that keep failing ``stall_after`` times), neither when the Amphora is as declared (Current).
+  ``Ready`` is the abnormal-false summary: True only for a running instance. A driver error's
+  ``retryable`` flag alone decides transient (retried with backoff, retry time in
+  ``status.nextRetryTime``) against terminal (Stalled; re-checked every ``retry_max`` and at
+  once when the spec changes). Messages never carry countdowns, so an unchanged situation never
+  causes a status write.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from amphora_drivers.types import AmphoraInstance, AmphoraState
 
@@ -33,22 +45,37 @@ from amphora_operator.model import (
 )
 
 __all__ = [
+    "BACKEND_REASONS",
     "Action",
     "Build",
     "Delete",
+    "Failure",
     "Observation",
     "Plan",
     "Resume",
     "Suspend",
+    "backoff",
+    "first_sight",
     "instance_name",
+    "invalid",
     "mark_failed",
-    "next_retry",
+    "needs_write",
     "owner_key",
     "parse_time",
     "plan",
+    "plan_backend",
     "plan_deletion",
+    "plan_deletion_wait",
+    "plan_failure",
     "spec_hash",
 ]
+
+#: Failure reasons that describe the backend rather than one Amphora: they also set the
+#: BackendAvailable condition. (Whether to retry is decided by ``retryable`` alone.)
+BACKEND_REASONS = frozenset({"CircuitOpen", "BackendUnavailable", "Timeout", "RateLimited"})
+_LAST_FAILURE = re.compile(r"\(last: (\w+)\)")
+#: Exponents above this give the cap anyway; clamping avoids float overflow at any retry count.
+_MAX_EXPONENT = 60
 
 #: Spec fields that cannot change on a live instance: a change means a replacement.
 _REBUILD_FIELDS = (
@@ -124,16 +151,35 @@ class Plan:
     events: list[tuple[str, str, str]] = field(default_factory=list)
 
 
-def _backoff(retries: int, base: float, cap: float) -> float:
-    return float(min(cap, base * (2 ** max(0, retries))))
+@dataclass(frozen=True)
+class Failure:
+    """An action or lookup that failed, as the effects layer reports it (no exception types)."""
+
+    #: build, delete, suspend, resume or observe.
+    action: str
+    reason: str
+    message: str
+    retryable: bool
 
 
-def next_retry(s: AmphoraStatus, *, now: datetime, retry_base: float, retry_max: float) -> float:
-    """Count one more failure and set when to try again; return the delay in seconds."""
-    delay = _backoff(s.retries, retry_base, retry_max)
-    s.retries += 1
-    s.next_retry_time = now_rfc3339(now + timedelta(seconds=delay))
-    return delay
+def backoff(retries: int, base: float, cap: float) -> float:
+    """``base * 2**retries`` capped at ``cap``, for any retry count (no overflow)."""
+    return float(min(cap, base * 2.0 ** min(max(0, retries), _MAX_EXPONENT)))
+
+
+_backoff = backoff
+
+
+def _copy(status: AmphoraStatus) -> AmphoraStatus:
+    """A copy safe to change: its lists are new; their items (frozen models, str) are shared.
+    Much cheaper than a deep copy, which dominated a reconcile's CPU."""
+    return status.model_copy(
+        update={
+            "addresses": list(status.addresses),
+            "retired": list(status.retired),
+            "conditions": list(status.conditions),
+        }
+    )
 
 
 def _gone(instance: AmphoraInstance | None) -> bool:
@@ -150,9 +196,12 @@ def plan(
     now: datetime,
     retry_base: float,
     retry_max: float,
+    stall_after: int = 3,
 ) -> Plan:
-    """The next status and actions for a live (not deleting) Amphora."""
-    s = status.model_copy(deep=True)
+    """The next status and actions for a live (not deleting) Amphora.
+
+    Never raises for anything the backend reports (ERROR, unknown states, odd faults)."""
+    s = _copy(status)
     out = Plan(status=s)
     s.driver = profile
     s.observed_generation = generation
@@ -190,12 +239,12 @@ def plan(
             if s.spec_hash != wanted_hash:
                 s.next_retry_time = None  # the user changed the spec: try again now
             if s.next_retry_time is not None and now < parse_time(s.next_retry_time):
-                return _finish(out, spec, generation, stamp)
+                return _finish(out, spec, generation, stamp, stall_after)
             s.next_retry_time = None
             s.spec_hash = wanted_hash
             s.phase = Phase.BUILDING
             out.actions.append(Build(s.revision))
-            return _finish(out, spec, generation, stamp)
+            return _finish(out, spec, generation, stamp, stall_after)
 
     assert s.compute_id is not None
     if current is None or _gone(current):
@@ -215,7 +264,7 @@ def plan(
         if current is not None:
             s.retired.append(current.id)
         _rebuild(s, wanted_hash, out)
-        return _finish(out, spec, generation, stamp)
+        return _finish(out, spec, generation, stamp, stall_after)
 
     s.raw_state = current.raw_state
     s.addresses = list(current.addresses)
@@ -230,24 +279,18 @@ def plan(
             s.next_retry_time = now_rfc3339(now + timedelta(seconds=delay))
             out.events.append(("Warning", "BuildFailed", f"{s.fault}; rebuilding in {delay:.0f} s"))
         if s.next_retry_time is not None and now < parse_time(s.next_retry_time):
-            return _failed(
-                out,
-                spec,
-                generation,
-                stamp,
-                "InstanceError",
-                f"{s.fault} (rebuild at {s.next_retry_time})",
-            )
+            s.phase, s.failure_reason = Phase.FAILED, "InstanceError"
+            return _finish(out, spec, generation, stamp, stall_after)
         s.retired.append(current.id)
         out.actions.append(Delete(current.id))
         s.retries += 1
         s.next_retry_time = None
         _rebuild(s, wanted_hash, out)
-        return _finish(out, spec, generation, stamp)
+        return _finish(out, spec, generation, stamp, stall_after)
 
     if current.state is AmphoraState.BUILDING:
         s.phase = Phase.BUILDING
-        return _finish(out, spec, generation, stamp)
+        return _finish(out, spec, generation, stamp, stall_after)
 
     if current.state in (AmphoraState.ACTIVE, AmphoraState.SUSPENDED):
         s.retries, s.next_retry_time, s.fault, s.failure_reason = 0, None, None, None
@@ -268,10 +311,10 @@ def plan(
             s.phase = Phase.UPDATING
         else:
             s.phase = Phase.SUSPENDED if current.state is AmphoraState.SUSPENDED else Phase.READY
-        return _finish(out, spec, generation, stamp)
+        return _finish(out, spec, generation, stamp, stall_after)
 
     s.phase = Phase.UPDATING  # UNKNOWN: report, do nothing
-    return _finish(out, spec, generation, stamp)
+    return _finish(out, spec, generation, stamp, stall_after)
 
 
 def _plan_retired(s: AmphoraStatus, observation: Observation, out: Plan) -> None:
@@ -367,40 +410,94 @@ def parse_time(stamp: str) -> datetime:
 def _failed(
     out: Plan, spec: AmphoraSpec, generation: int, stamp: str, reason: str, message: str
 ) -> Plan:
-    mark_failed(out.status, reason=reason, message=message, generation=generation, stamp=stamp)
+    """A failure no retry of ours can fix (ObserveOnly, a missing import): Stalled."""
+    mark_failed(
+        out.status, reason=reason, message=message, generation=generation, stamp=stamp, stalled=True
+    )
     return out
 
 
+def _set(s: AmphoraStatus, type_: str, status: bool, reason: str, message: str, gen: int | None,
+         stamp: str) -> None:  # fmt: skip
+    s.conditions = set_condition(
+        s.conditions, type=type_, status=status, reason=reason, message=message,
+        generation=gen, now=stamp,
+    )  # fmt: skip
+
+
 def mark_failed(
-    s: AmphoraStatus, *, reason: str, message: str, generation: int | None, stamp: str
+    s: AmphoraStatus,
+    *,
+    reason: str,
+    message: str,
+    generation: int | None,
+    stamp: str,
+    stalled: bool = False,
 ) -> None:
-    """Phase Failed with Ready and Progressing False for ``reason`` (keeps an earlier fault)."""
+    """Phase Failed for ``reason`` (keeps an earlier fault): Stalled when ``stalled``, else
+    still Reconciling (a retry is scheduled in ``next_retry_time``)."""
     s.phase = Phase.FAILED
     s.fault = s.fault or message
     s.failure_reason = reason
-    for condition in ("Ready", "Progressing"):
-        s.conditions = set_condition(
-            s.conditions,
-            type=condition,
-            status=False,
-            reason=reason,
-            message=message,
-            generation=generation,
-            now=stamp,
-        )
+    s.observed_generation = generation
+    _set(s, "Ready", False, reason, message, generation, stamp)
+    _set(s, "Progressing", not stalled, reason, message, generation, stamp)
+    _set(s, "Reconciling", not stalled, reason if not stalled else "Stalled", message,
+         generation, stamp)  # fmt: skip
+    _set(s, "Stalled", stalled, reason if stalled else "Retrying", message, generation, stamp)
 
 
-def _finish(out: Plan, spec: AmphoraSpec, generation: int, stamp: str) -> Plan:
-    """Derive Ready and Progressing from the phase the plan arrived at."""
+def invalid(
+    status: AmphoraStatus, *, reason: str, message: str, generation: int | None, now: datetime
+) -> AmphoraStatus:
+    """A spec error or an unknown driver: nothing happens until the spec changes (Stalled)."""
+    s = _copy(status)
+    s.next_retry_time = None
+    mark_failed(
+        s, reason=reason, message=message, generation=generation, stamp=now_rfc3339(now),
+        stalled=True,
+    )  # fmt: skip
+    s.fault = message
+    return s
+
+
+def first_sight(
+    status: AmphoraStatus, *, generation: int | None, profile: str | None, now: datetime
+) -> AmphoraStatus | None:
+    """The status written before any driver call when the Amphora has none yet (phase Pending,
+    Reconciling), so that no reader takes a not-yet-observed Amphora for a healthy one; None
+    when status already exists."""
+    if status.observed_generation is not None or status.phase is not None:
+        return None
+    s = _copy(status)
+    s.phase = Phase.PENDING
+    s.driver = profile
+    s.observed_generation = generation
+    stamp = now_rfc3339(now)
+    _set(s, "Ready", False, "Pending", "waiting to build", generation, stamp)
+    _set(s, "Reconciling", True, "Pending", "waiting to build", generation, stamp)
+    return s
+
+
+def _finish(out: Plan, spec: AmphoraSpec, generation: int, stamp: str,
+            stall_after: int = 3) -> Plan:  # fmt: skip
+    """Derive Ready, Reconciling, Stalled and Progressing from the phase the plan arrived at."""
     s = out.status
     phase = s.phase or Phase.PENDING
     if phase is Phase.FAILED:
-        message = s.fault or "failed"
-        if s.next_retry_time:
-            message = f"{message} (retry at {s.next_retry_time})"
-        return _failed(out, spec, generation, stamp, s.failure_reason or "BuildFailed", message)
-    ready = phase is Phase.READY
+        stalled = s.retries >= stall_after or any(
+            c.type == "Stalled" and c.status == "True" for c in s.conditions
+        )
+        mark_failed(
+            s, reason=s.failure_reason or "BuildFailed", message=s.fault or "failed",
+            generation=generation, stamp=stamp, stalled=stalled,
+        )  # fmt: skip
+        return out
     moving = bool(out.actions) or phase in (Phase.BUILDING, Phase.UPDATING, Phase.PENDING)
+    # Suspended as requested is what the user declared: Ready (reason Suspended), so kstatus
+    # reads it Current and a GitOps pipeline waiting on it does not time out.
+    suspended = phase is Phase.SUSPENDED and not moving
+    ready = phase is Phase.READY or suspended
     messages = {
         Phase.PENDING: "waiting to build",
         Phase.BUILDING: f"building revision {s.revision}",
@@ -408,24 +505,13 @@ def _finish(out: Plan, spec: AmphoraSpec, generation: int, stamp: str) -> Plan:
         Phase.SUSPENDED: f"instance {s.compute_id} is suspended as requested",
         Phase.UPDATING: _updating_message(s, spec),
     }
-    s.conditions = set_condition(
-        s.conditions,
-        type="Ready",
-        status=ready,
-        reason="Ready" if ready else phase.value,
-        message=messages.get(phase, phase.value),
-        generation=generation,
-        now=stamp,
-    )
-    s.conditions = set_condition(
-        s.conditions,
-        type="Progressing",
-        status=moving,
-        reason=phase.value if moving else "Stable",
-        message=messages.get(phase, phase.value),
-        generation=generation,
-        now=stamp,
-    )
+    message = messages.get(phase, phase.value)
+    _set(s, "Ready", ready, phase.value, message, generation, stamp)
+    _set(s, "Progressing", moving, phase.value if moving else "Stable", message, generation,
+         stamp)  # fmt: skip
+    _set(s, "Reconciling", moving, phase.value if moving else "Stable", message, generation,
+         stamp)  # fmt: skip
+    _set(s, "Stalled", False, "Progressing" if moving else "Stable", message, generation, stamp)
     return out
 
 
@@ -433,6 +519,113 @@ def _updating_message(s: AmphoraStatus, spec: AmphoraSpec) -> str:
     if s.replacement is not None:
         return f"replacing with revision {s.replacement.revision} ({s.replacement.reason})"
     return "suspending" if spec.suspended else "resuming"
+
+
+def plan_failure(
+    status: AmphoraStatus,
+    failure: Failure,
+    *,
+    generation: int | None,
+    now: datetime,
+    retry_base: float,
+    retry_max: float,
+    stall_after: int = 3,
+) -> AmphoraStatus:
+    """The status after an action failed: a failed build counts a retry (transient: backoff;
+    terminal: Stalled, re-checked every ``retry_max``); other actions are simply retried."""
+    s = _copy(status)
+    stamp = now_rfc3339(now)
+    s.observed_generation = generation
+    if failure.reason in BACKEND_REASONS:
+        _backend_down(s, failure, generation, stamp)
+    if failure.action != "build":
+        text = f"{failure.action} failed, retrying: {failure.message}"
+        _set(s, "Progressing", True, failure.reason, text, generation, stamp)
+        _set(s, "Reconciling", True, failure.reason, text, generation, stamp)
+        return s
+    delay = retry_max if not failure.retryable else backoff(s.retries, retry_base, retry_max)
+    s.retries += 1
+    s.next_retry_time = now_rfc3339(now + timedelta(seconds=delay))
+    s.fault = failure.message
+    mark_failed(
+        s, reason=failure.reason, message=failure.message, generation=generation, stamp=stamp,
+        stalled=not failure.retryable or s.retries >= stall_after,
+    )  # fmt: skip
+    return s
+
+
+def plan_backend(
+    status: AmphoraStatus, failure: Failure | None, *, generation: int | None, now: datetime
+) -> AmphoraStatus:
+    """BackendAvailable from a lookup: reachable, or down for ``failure`` (stable wording, so
+    an outage costs one write per Amphora, not one per poll round). An Amphora never observed
+    before also shows that its reconcile waits for the backend."""
+    s = _copy(status)
+    stamp = now_rfc3339(now)
+    s.observed_generation = generation
+    if failure is None:
+        _set(s, "BackendAvailable", True, "Reachable", "the compute backend answers", generation,
+             stamp)  # fmt: skip
+        return s
+    _backend_down(s, failure, generation, stamp)
+    if s.phase in (None, Phase.PENDING):
+        s.phase = Phase.PENDING
+        text = f"waiting for the compute backend: {failure.message}"
+        _set(s, "Ready", False, failure.reason, text, generation, stamp)
+        _set(s, "Reconciling", True, failure.reason, text, generation, stamp)
+    return s
+
+
+def _cause(reason: str, message: str) -> str:
+    """The backend's own failure behind a reason (CircuitOpen names its last one)."""
+    if reason == "CircuitOpen":
+        found = _LAST_FAILURE.search(message)
+        return found.group(1) if found else reason
+    return reason
+
+
+def _backend_down(s: AmphoraStatus, failure: Failure, gen: int | None, stamp: str) -> None:
+    """BackendAvailable False. Rewritten only when the backend's failure changes kind (say 5xx
+    to 429) or the breaker opens: a breaker flipping between open and half-open is not news,
+    so an outage costs a few writes per Amphora, whatever its length."""
+    known = next((c for c in s.conditions if c.type == "BackendAvailable"), None)
+    if (
+        known is not None
+        and known.status == "False"
+        and _cause(known.reason, known.message) == _cause(failure.reason, failure.message)
+        and (known.reason == "CircuitOpen" or failure.reason != "CircuitOpen")
+    ):
+        return
+    _set(s, "BackendAvailable", False, failure.reason, failure.message, gen, stamp)
+
+
+def needs_write(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    """Whether a status change is one a user reads: ``rawState`` alone is not one."""
+    if before == after:
+        return False
+    strip = {"rawState"}
+    return {k: v for k, v in before.items() if k not in strip} != {
+        k: v for k, v in after.items() if k not in strip
+    }
+
+
+def plan_deletion_wait(
+    status: AmphoraStatus, *, reason: str, message: str, generation: int | None, now: datetime
+) -> tuple[AmphoraStatus, str]:
+    """Phase Deleting with why it waits and the escape (Orphan); returns (status, text)."""
+    text = (
+        f"{message}; deletion waits (set spec.deletionPolicy: Orphan to release the "
+        "Amphora and leave the instance)"
+    )
+    s = _copy(status)
+    s.phase = Phase.DELETING
+    stamp = now_rfc3339(now)
+    _set(s, "Ready", False, "Deleting", text, generation, stamp)
+    _set(s, "Progressing", True, reason, text, generation, stamp)
+    _set(s, "Reconciling", True, reason, text, generation, stamp)
+    if reason in BACKEND_REASONS:
+        _set(s, "BackendAvailable", False, reason, message, generation, stamp)
+    return s, text
 
 
 def plan_deletion(

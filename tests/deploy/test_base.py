@@ -283,6 +283,11 @@ def test_operator_reconciles_an_amphora_as_its_service_account(
     try:
         _create(kube_api, stranger, amphora("plain-vm"))
         _wait_ready(kube_api, stranger, ["plain-vm"])
+        # No Events on the way to Ready; a spec change (a real transition) posts some.
+        k8s.CustomObjectsApi(kube_api).patch_namespaced_custom_object(
+            "amphora-operator.dev", "v1alpha1", stranger, "amphorae", "plain-vm",
+            {"spec": {"image": "amphora-image-2"}},
+        )  # fmt: skip
         core = k8s.CoreV1Api(kube_api)
         wait_until(  # Events are posted in the background, after the status write
             lambda: {
@@ -291,7 +296,7 @@ def test_operator_reconciles_an_amphora_as_its_service_account(
                     stranger, field_selector="involvedObject.name=plain-vm"
                 ).items
             },
-            lambda reasons: {"Building", "Ready"} <= reasons,
+            lambda reasons: {"Replacing", "Replaced"} <= reasons,
             timeout=TIMEOUT,
             what="the operator's Events on the Amphora",
         )

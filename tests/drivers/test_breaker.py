@@ -391,3 +391,15 @@ def _wait_until(condition: Callable[[], bool], timeout: float = 30) -> None:
         if time.monotonic() > deadline:
             pytest.fail("condition not reached in time")
         time.sleep(0.001)
+
+
+def test_quota_errors_are_one_tenants_problem_not_a_backend_failure() -> None:
+    breaker = CircuitBreaker(BreakerSettings(failure_threshold=2, reset_timeout=30))
+
+    def over_quota() -> None:
+        raise AmphoraComputeError("quota exceeded", reason=Reason.QUOTA_EXCEEDED, retryable=True)
+
+    for _ in range(5):
+        with pytest.raises(AmphoraComputeError):
+            breaker.call(over_quota)
+    assert breaker.state is BreakerState.CLOSED

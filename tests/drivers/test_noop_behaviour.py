@@ -253,10 +253,15 @@ class TestTagHints:
 
 
 class TestCallsAndHooks:
-    """Every call is recorded (without secrets) and an on_call hook can inject failures."""
+    """Calls are recorded when asked (without secrets); an on_call hook can inject failures."""
+
+    def test_calls_are_not_kept_unless_asked(self) -> None:
+        driver = NoopDriver()
+        driver.delete(driver.build(name="amp", owner="o-1"))
+        assert driver.calls == [], "a long-running backend must not grow with use"
 
     def test_calls_record_method_names_in_order(self) -> None:
-        driver = NoopDriver()
+        driver = NoopDriver(record_calls=True)
         amphora_id = driver.build(name="amp", owner="o-1")
         driver.status(amphora_id)
         driver.suspend(amphora_id)
@@ -275,13 +280,13 @@ class TestCallsAndHooks:
         assert driver.calls[-1].arguments == {"amphora_id": amphora_id}
 
     def test_calls_is_a_copy(self) -> None:
-        driver = NoopDriver()
+        driver = NoopDriver(record_calls=True)
         driver.find()
         driver.calls.clear()
         assert len(driver.calls) == 1
 
     def test_calls_never_hold_user_data_files_or_keys(self) -> None:
-        driver = NoopDriver()
+        driver = NoopDriver(record_calls=True)
         key = make_ssh_public_key("secret-key-comment")
         driver.build(
             name="amp",
@@ -307,7 +312,7 @@ class TestCallsAndHooks:
             if method == "create":
                 raise quota
 
-        driver = NoopDriver(on_call=hook)
+        driver = NoopDriver(on_call=hook, record_calls=True)
         with pytest.raises(AmphoraBuildError) as caught:
             driver.build(name="amp", owner="o-1")
         assert caught.value is quota
@@ -431,7 +436,7 @@ class TestConcurrency:
         assert len(set(ids)) == 1
 
     def test_calls_are_recorded_from_many_threads(self) -> None:
-        driver = NoopDriver()
+        driver = NoopDriver(record_calls=True)
 
         def hammer(_: int) -> None:
             for _ in range(50):

@@ -131,7 +131,7 @@ class TestAmphoraType:
         assert request.amphora_type is AmphoraType.HW_LOAD_BALANCER
 
     def test_hw_load_balancer_is_not_implemented_by_the_noop_driver(self) -> None:
-        driver = NoopDriver()
+        driver = NoopDriver(record_calls=True)
         with pytest.raises(NotImplementedError, match="HWLoadBalancer") as caught:
             driver.build(amphora_type="HWLoadBalancer", name="amp", owner="o-1")
         assert not isinstance(caught.value, AmphoraBuildError), "unsupported is not bad input"

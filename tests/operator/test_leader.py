@@ -536,7 +536,7 @@ def test_healthz_fails_when_the_election_task_has_died() -> None:
 
 
 def test_the_backend_refuses_mutating_calls_once_the_fence_closes() -> None:
-    """Backend.call checks the elector's may_act in the worker thread, right before the driver:
+    """The backend asks the elector's may_act in the worker thread, right before the driver:
     reads go on (a follower may look), build/delete/suspend/resume are refused."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -546,7 +546,7 @@ def test_the_backend_refuses_mutating_calls_once_the_fence_closes() -> None:
     from amphora_operator.metrics import Metrics
 
     fence = {"open": True}
-    driver = NoopDriver()
+    driver = NoopDriver(record_calls=True)
     request = BuildRequest(
         name="n", amphora_type=AmphoraType.VM, amphora_flavor="f", image_id="i", owner="o-0"
     )
@@ -560,19 +560,20 @@ def test_the_backend_refuses_mutating_calls_once_the_fence_closes() -> None:
                 executor=executor,
                 timeout=5,
                 metrics=Metrics(),
-                fence=lambda: fence["open"],
+                may_act=lambda: fence["open"],
             )
-            built = await backend.call("build_from", request)
+            built = await backend.build(request)
             fence["open"] = False
-            assert [i.id for i in await backend.call("find", owner="o-0")] == [built]
-            for method, args in [
-                ("build_from", (request,)),
-                ("delete", (built,)),
-                ("suspend", (built,)),
-                ("resume", (built,)),
-            ]:
+            found = await backend.by_owner("o-0")
+            assert found is not None and found.id == built
+            for attempt in (
+                lambda: backend.build(request),
+                lambda: backend.delete(built),
+                lambda: backend.suspend(built),
+                lambda: backend.resume(built),
+            ):
                 with pytest.raises(NotLeading):
-                    await backend.call(method, *args)
+                    await attempt()
             assert backend.breaker.state.name == "CLOSED", "a refusal is no backend failure"
 
     asyncio.run(scenario())

@@ -248,3 +248,33 @@ def test_deletion_plan() -> None:
     assert plan_deletion(spec=spec(), status=AmphoraStatus(), observation=Observation()) == (
         [], [],
     )  # fmt: skip
+
+
+def test_thousands_of_failures_neither_overflow_nor_raise() -> None:
+    """base * 2**retries used to overflow at 1,024 retries; an ERROR instance must plan."""
+    status = AmphoraStatus(compute_id="a", spec_hash=spec_hash(spec()), retries=5000)
+    broken = Observation(current=instance("a", AmphoraState.ERROR, fault=None))
+    result = run(spec(), status, broken)
+    assert result.status.next_retry_time == "2026-11-25T12:05:00Z"  # the 300 s cap
+    assert result.status.fault  # a fault is shown even when the backend gives none
+    later = run(spec(), result.status, broken, now=NOW + timedelta(seconds=301))
+    assert later.actions == [Delete("a"), Build(1)] and later.status.retries == 5001
+
+
+def test_terminal_and_repeated_failures_are_stalled_transient_ones_reconciling() -> None:
+    from amphora_operator.planner import Failure, plan_failure
+
+    def fail(retryable: bool, retries: int = 0) -> AmphoraStatus:
+        return plan_failure(
+            AmphoraStatus(retries=retries), Failure("build", "X", "boom", retryable),
+            generation=3, now=NOW, retry_base=10, retry_max=300,
+        )  # fmt: skip
+
+    transient = fail(True)
+    assert cond(transient, "Reconciling")[0] == "True" and cond(transient, "Stalled")[0] == "False"
+    assert transient.next_retry_time == "2026-11-25T12:00:10Z"
+    assert cond(fail(True, retries=2), "Stalled")[0] == "True", "stalls after 3 failures"
+    terminal = fail(False)
+    assert cond(terminal, "Stalled")[0] == "True" and cond(terminal, "Reconciling")[0] == "False"
+    assert terminal.next_retry_time == "2026-11-25T12:05:00Z", "slow re-check at retry_max"
+    assert terminal.observed_generation == 3

@@ -103,6 +103,20 @@ def run_and_collect(
     steps.apply(*manifests)
     fleet.wait_all(names, lambda i: (i.get("status") or {}).get("phase") == "Ready",
                    timeout=30, what="Ready")  # fmt: skip
+    # A real transition posts Events (nothing does on the way to Ready): a tag change rolls
+    # each Amphora out again, rebuilding from the Secrets, so Events join the haystacks.
+    first = {n: steps.status(n).get("computeId") for n in names}
+    for name in names:
+        steps.patch_spec(name, tags=["rotated"])
+    fleet.wait_all(
+        names,
+        lambda i: (
+            (i.get("status") or {}).get("phase") == "Ready"
+            and (i.get("status") or {}).get("computeId") != first[i["metadata"]["name"]]
+        ),
+        timeout=60,
+        what="replaced",
+    )
     objects = {f"Amphora {n}": str(steps.get(n)) for n in names}
     statuses = {f"status of {n}": str(steps.status(n)) for n in names}
     for name in names:

@@ -1,0 +1,129 @@
+"""Poll compute backends and wake only the Amphorae whose instances changed.
+
+Each round asks every backend, concurrently and each under its own timeout, only about the
+instances of Amphorae still moving (building, updating, deleting, retiring): by id when they
+are few, with one listing when they are many. Every ``resync_interval`` (with jitter) a full
+listing of each backend checks every Amphora for drift. A backend that fails marks its
+Amphorae dirty once when it goes down and once when it comes back, never every round, so an
+outage costs a bounded number of status writes; Amphorae whose own lookups failed wait for the
+one probe per round (a listing) instead of retrying each on its own. Nothing a backend
+returns can break a round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+
+from amphora_drivers import AmphoraInstance
+
+from amphora_operator.backends import Backend
+from amphora_operator.config import OperatorConfig
+from amphora_operator.reconciler import Interest
+from amphora_operator.workqueue import WorkQueue
+
+__all__ = ["Poller"]
+
+log = logging.getLogger(__name__)
+
+#: Up to this many moving instances on one backend are looked up by id; more: one listing.
+BY_ID_LIMIT = 16
+
+
+class Poller:
+    def __init__(
+        self,
+        *,
+        config: OperatorConfig,
+        interests: Mapping[str, Interest],
+        moving: set[str],
+        queue: WorkQueue,
+        on_round: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.interests = interests
+        self.moving = moving
+        self.queue = queue
+        self.on_round = on_round
+        self.clock = clock
+        self._wake = asyncio.Event()
+        #: Backends that failed, with the kind of failure last seen (news when it changes).
+        self._down: dict[int, str] = {}
+        self._next_resync = 0.0
+
+    def wake(self) -> None:
+        """Something started moving: poll soon rather than at the next resync."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Poll for ever (cancelled at shutdown); a failing round never ends the loop."""
+        settings = self.config.reconcile
+        while True:
+            full = self.clock() >= self._next_resync
+            try:
+                moving = await self.round(full=full)
+            except Exception:
+                log.exception("poll round failed")
+                moving = True
+            if full:
+                jitter = random.uniform(0.9, 1.1)
+                self._next_resync = self.clock() + settings.resync_interval * jitter
+            self.on_round()
+            interval = settings.poll_interval
+            if not moving:
+                interval = max(0.0, self._next_resync - self.clock())
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), interval)
+
+    async def round(self, *, full: bool) -> bool:
+        """One round; True while anything is still moving."""
+        groups: dict[int, tuple[Backend, dict[str, Interest]]] = {}
+        for uid in list(self.interests) if full else list(self.moving):
+            interest = self.interests.get(uid)
+            if interest is not None:
+                key = id(interest.backend)
+                groups.setdefault(key, (interest.backend, {}))[1][uid] = interest
+        await asyncio.gather(*(self._poll(b, items, full) for b, items in groups.values()))
+        return bool(self.moving)
+
+    async def _poll(self, backend: Backend, items: dict[str, Interest], full: bool) -> None:
+        key = id(backend)
+        ids = {i for interest in items.values() for i in interest.seen}
+        waiting = [uid for uid, interest in items.items() if interest.waiting]
+        try:
+            found = await asyncio.wait_for(
+                self._look(backend, ids, full or bool(waiting)), backend.timeout * 2
+            )
+        except Exception as e:  # down, slow, or returning garbage: only its own Amphorae wait
+            cause = str(getattr(e, "reason", type(e).__name__))
+            if cause == "CircuitOpen":
+                cause = backend.breaker.last_failure or cause
+            if self._down.get(key) != cause:  # down, or failing differently: they show it
+                self._down[key] = cause
+                log.warning(
+                    "backend poll failed",
+                    extra={"profile": backend.profile, "error": type(e).__name__},
+                )
+                for uid in items:
+                    self.queue.mark(uid)
+            return
+        recovered = self._down.pop(key, None) is not None
+        for uid, interest in items.items():
+            if recovered or interest.waiting or interest.changed(found):
+                self.queue.mark(uid)
+
+    async def _look(
+        self, backend: Backend, ids: set[str], full: bool
+    ) -> dict[str, AmphoraInstance | None]:
+        if full or len(ids) > BY_ID_LIMIT:
+            listing = await backend.listing()
+            by_id: dict[str, AmphoraInstance | None] = {i.id: i for i in listing}
+            return {i: by_id.get(i) for i in ids}
+        found = await asyncio.gather(*(backend.by_id(i) for i in ids))
+        return dict(zip(ids, found, strict=True))

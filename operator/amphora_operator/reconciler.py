@@ -1,0 +1,310 @@
+"""One reconcile pass of one live Amphora: observe, plan, persist intent, act, write status.
+
+The order keeps the write budget and crash safety: a first status (Pending, Reconciling) is
+written at first sight before any driver call; the intent (revision, replacement, retired ids)
+is written before acting when it changed; a build that answers at once is observed again in
+the same pass, so an instantly ACTIVE build costs one more write (Ready), not two. Status is
+written only when what a user reads changed (:func:`~.planner.needs_write`). Events are posted
+for failures and real transitions only, never on the way to Ready.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from amphora_drivers import AmphoraComputeError, AmphoraInstance, AmphoraState, UnknownDriverError
+from amphora_drivers.base import describe_validation_error
+from pydantic import ValidationError
+
+from amphora_operator.backends import Backend, BackendPool, UnknownProfileError
+from amphora_operator.config import OperatorConfig
+from amphora_operator.effects import Effects, failure_of
+from amphora_operator.kube import Gateway
+from amphora_operator.metrics import Metrics
+from amphora_operator.model import FINALIZER, AmphoraSpec, AmphoraStatus, Phase
+from amphora_operator.planner import (
+    Build,
+    Failure,
+    Observation,
+    first_sight,
+    invalid,
+    needs_write,
+    owner_key,
+    parse_time,
+    plan,
+    plan_backend,
+    plan_failure,
+)
+from amphora_operator.store import Store, slim
+
+__all__ = ["Interest", "Outcome", "Reconciler", "fingerprint", "observe"]
+
+log = logging.getLogger(__name__)
+
+Fingerprint = tuple[str, str | None, tuple[str, ...]] | None
+_MOVING = (Phase.PENDING, Phase.BUILDING, Phase.UPDATING, Phase.DELETING)
+
+
+def fingerprint(instance: AmphoraInstance | None) -> Fingerprint:
+    """What of an instance can change a plan (the raw state words alone cannot)."""
+    if instance is None or instance.state is AmphoraState.DELETED:
+        return None
+    return (instance.state.value, instance.fault, tuple(instance.addresses))
+
+
+@dataclass(frozen=True)
+class Interest:
+    """What the poller watches for one Amphora: its instance ids and how they looked."""
+
+    backend: Backend
+    seen: dict[str, Fingerprint]
+    moving: bool
+    #: The backend did not answer: the poller probes it once per round for all such
+    #: Amphorae and wakes them when it answers (no per-Amphora retries against an outage).
+    waiting: bool = False
+
+    def changed(self, found: dict[str, AmphoraInstance | None]) -> bool:
+        return any(fingerprint(found.get(i)) != fp for i, fp in self.seen.items())
+
+
+@dataclass
+class Outcome:
+    """What the runtime does after a pass: when to look again and what to poll."""
+
+    requeue_after: float | None = None
+    interest: Interest | None = None
+    #: Deleted and released: forget it.
+    released: bool = False
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+async def observe(
+    backend: Backend, uid: str, spec: AmphoraSpec, status: AmphoraStatus
+) -> Observation:
+    """Targeted lookups: by id where the id is known, by owner key before that."""
+
+    async def pick(amphora_id: str | None, owner: str | None) -> AmphoraInstance | None:
+        if amphora_id is not None:
+            return await backend.by_id(amphora_id)
+        return await backend.by_owner(owner) if owner is not None else None
+
+    rep = status.replacement
+    current_id = status.compute_id or spec.import_id
+    return Observation(
+        current=await pick(current_id, None if current_id else owner_key(uid, status.revision)),
+        replacement=(
+            await pick(rep.compute_id, owner_key(uid, rep.revision) if not rep.compute_id else None)
+            if rep is not None
+            else None
+        ),
+        retired={rid: await backend.by_id(rid) for rid in status.retired},
+    )
+
+
+def _seen(status: AmphoraStatus, observation: Observation) -> dict[str, Fingerprint]:
+    seen: dict[str, Fingerprint] = {}
+    if status.compute_id and observation.current is not None:
+        seen[status.compute_id] = fingerprint(observation.current)
+    elif status.compute_id:
+        seen[status.compute_id] = None
+    rep = status.replacement
+    if rep is not None and rep.compute_id:
+        seen[rep.compute_id] = fingerprint(observation.replacement)
+    for rid in status.retired:
+        seen[rid] = fingerprint(observation.retired.get(rid))
+    return seen
+
+
+class Reconciler:
+    """Reconciles live Amphorae from the slim cache; deletion is :mod:`.finalizer`'s job."""
+
+    def __init__(
+        self,
+        *,
+        config: OperatorConfig,
+        backends: BackendPool,
+        gateway: Gateway,
+        store: Store,
+        metrics: Metrics,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.config = config
+        self.backends = backends
+        self.gateway = gateway
+        self.store = store
+        self.metrics = metrics
+        self.clock = clock
+        self.effects = Effects(gateway)
+
+    # -- shared helpers ---------------------------------------------------------------------
+
+    async def write(self, body: dict[str, Any], status: AmphoraStatus) -> dict[str, Any]:
+        """Patch status when what a user reads changed; return the latest body."""
+        new = status.model_dump(mode="json", by_alias=True)
+        old = AmphoraStatus.model_validate(body.get("status") or {}).model_dump(
+            mode="json", by_alias=True
+        )
+        if not needs_write(old, new):
+            return body
+        meta = body["metadata"]
+        updated = await self.gateway.patch_status(meta["namespace"], meta["name"], new)
+        self.metrics.status_writes.inc()
+        log.info(
+            "status written",
+            extra={"amphora": f"{meta['namespace']}/{meta['name']}", "phase": new.get("phase")},
+        )
+        self.store.update(updated)
+        return self.store.get(meta["uid"]) or slim(updated)
+
+    def resolve(self, body: dict[str, Any], spec: AmphoraSpec) -> Backend:
+        profile = self.backends.profile_for(spec.type, spec.driver)
+        return self.backends.get(profile, body["metadata"]["namespace"])
+
+    def _retry_in(self, status: AmphoraStatus) -> float | None:
+        if not status.next_retry_time:
+            return None
+        try:
+            due = parse_time(status.next_retry_time)
+        except ValueError:
+            return 0.0
+        return max(0.0, (due - self.clock()).total_seconds())
+
+    # -- the pass ---------------------------------------------------------------------------
+
+    async def reconcile(self, body: dict[str, Any]) -> Outcome:
+        meta = body["metadata"]
+        uid, generation = meta["uid"], meta.get("generation")
+        settings = self.config.reconcile
+        status = AmphoraStatus.model_validate(body.get("status") or {})
+        try:
+            spec = AmphoraSpec.model_validate(body.get("spec") or {})
+        except ValidationError as e:
+            _path, message = describe_validation_error(e)
+            text = f"spec.{message}"
+            await self.write(body, invalid(status, reason="InvalidSpec", message=text,
+                                           generation=generation, now=self.clock()))  # fmt: skip
+            return Outcome()
+        try:
+            backend = self.resolve(body, spec)
+        except (UnknownProfileError, UnknownDriverError) as e:
+            await self.write(body, invalid(status, reason="UnknownDriver", message=str(e),
+                                           generation=generation, now=self.clock()))  # fmt: skip
+            return Outcome()
+        except Exception as e:  # a driver constructor failed: credentials, config...
+            failure = Failure(
+                "observe", "DriverUnavailable",
+                f"compute profile could not start: {type(e).__name__}: {e}", True,
+            )  # fmt: skip
+            new = plan_backend(status, failure, generation=generation, now=self.clock())
+            await self.write(body, new)
+            return Outcome(requeue_after=settings.retry_max)
+
+        first = first_sight(status, generation=generation, profile=backend.profile,
+                            now=self.clock())  # fmt: skip
+        if first is not None:
+            body = await self.write(body, first)
+            status = first
+
+        observation: Observation | None = None
+        for attempt in range(2):  # a second look picks up builds that finished at once
+            try:
+                observation = await observe(backend, uid, spec, status)
+            except AmphoraComputeError as e:
+                failure = failure_of("observe", e)
+                new = plan_backend(status, failure, generation=generation, now=self.clock())
+                await self.write(body, new)
+                # No timer of its own: the poller's one probe per round wakes it.
+                return Outcome(interest=Interest(backend, {}, moving=True, waiting=True))
+            if attempt == 1 and _not_visible_yet(status, observation):
+                # A backend that lists new instances late: not lost; the poller looks again.
+                body = await self.write(body, status)
+                break
+            result = plan(
+                spec=spec, status=status, observation=observation,
+                generation=generation or 0, profile=backend.profile, now=self.clock(),
+                retry_base=settings.retry_base, retry_max=settings.retry_max,
+                stall_after=settings.stall_after,
+            )  # fmt: skip
+            new = plan_backend(result.status, None, generation=generation, now=self.clock())
+            builds = any(isinstance(a, Build) for a in result.actions)
+            if builds and not await self._ensure_finalizer(body):
+                return Outcome(requeue_after=0.0)  # changed or being deleted: look again
+            body = self.store.get(uid) or body
+            if result.actions and _intent_changed(status, new):
+                body = await self.write(body, new)
+            failures = await self.effects.act(backend, body["metadata"], spec, new, result.actions)
+            for failure in failures:
+                new = plan_failure(
+                    new, failure, generation=generation, now=self.clock(),
+                    retry_base=settings.retry_base, retry_max=settings.retry_max,
+                    stall_after=settings.stall_after,
+                )  # fmt: skip
+            events = list(result.events)
+            events += [("Warning", f"{f.action.capitalize()}Failed", f.message) for f in failures]
+            built = builds and not any(f.action == "build" for f in failures)
+            if built and attempt == 0:
+                status = new  # written after the second look: one write, not two
+                for type_, reason, message in events:
+                    self.gateway.post_event(body, type_, reason, message)
+                continue
+            body = await self.write(body, new)
+            for type_, reason, message in events:
+                self.gateway.post_event(body, type_, reason, message)
+            status = new
+            break
+        assert observation is not None
+        moving = status.phase in _MOVING or bool(status.retired) or status.replacement is not None
+        requeue = self._retry_in(status)
+        if moving and (status.compute_id is None or _owner_only(status)):
+            # Nothing to poll by id yet (a build in flight): look again soon.
+            requeue = settings.poll_interval if requeue is None else min(requeue, 30.0)
+        return Outcome(
+            requeue_after=requeue,
+            interest=Interest(backend, _seen(status, observation), moving=moving),
+        )
+
+    async def _ensure_finalizer(self, body: dict[str, Any]) -> bool:
+        """Our finalizer is on the object before anything is built for it. Admission adds it
+        (deploy/base/finalizer-policy.yaml); where the apiserver lacks MutatingAdmissionPolicy
+        this is the fallback, one PATCH per Amphora."""
+        meta = body["metadata"]
+        finalizers = list(meta.get("finalizers") or [])
+        if FINALIZER in finalizers:
+            return True
+        if meta.get("deletionTimestamp"):
+            return False
+        updated = await self.gateway.add_finalizer(
+            meta["namespace"], meta["name"], meta["resourceVersion"], [*finalizers, FINALIZER]
+        )
+        if updated is None:
+            return False
+        self.store.update(updated)
+        return True
+
+
+def _not_visible_yet(status: AmphoraStatus, observation: Observation) -> bool:
+    """Right after a build, the new instance is not listed yet (eventually consistent APIs):
+    that is not a lost instance."""
+    rep = status.replacement
+    return (status.compute_id is not None and observation.current is None) or (
+        rep is not None and rep.compute_id is not None and observation.replacement is None
+    )
+
+
+def _owner_only(status: AmphoraStatus) -> bool:
+    rep = status.replacement
+    return rep is not None and rep.compute_id is None
+
+
+def _intent_changed(before: AmphoraStatus, after: AmphoraStatus) -> bool:
+    """Whether fields needed to recover after a crash changed (then they are written first)."""
+    return (before.revision, before.replacement, before.retired, before.compute_id) != (
+        after.revision,
+        after.replacement,
+        after.retired,
+        after.compute_id,
+    )
