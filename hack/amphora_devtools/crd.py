@@ -64,7 +64,7 @@ def install_finalizer_policy(
     Raises if the apiserver does not serve MutatingAdmissionPolicy (admissionregistration/v1).
     ``skip_label``: namespaces carrying this label are left out.
     """
-    dynamic = k8s_dynamic.DynamicClient(api)
+    dynamic: Any = k8s_dynamic.DynamicClient(api)  # type: ignore[no-untyped-call]
     for manifest in yaml.safe_load_all(FINALIZER_POLICY_FILE.read_text()):
         if skip_label and manifest["kind"] == "MutatingAdmissionPolicyBinding":
             manifest["spec"]["matchResources"] = {

@@ -103,6 +103,7 @@ class Effects:
             try:
                 if isinstance(action, Build):
                     request = await self.build_request(spec, meta, action.revision)
+                    done["revision"] = str(action.revision)
                     new_id = await backend.build(request)
                     done["id"] = new_id
                     if action.replacement and status.replacement is not None:
