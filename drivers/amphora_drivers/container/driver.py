@@ -18,7 +18,7 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from amphora_drivers.base import AmphoraComputeDriver
-from amphora_drivers.container.errors import invalid, translated
+from amphora_drivers.container.errors import translated
 from amphora_drivers.container.manifests import (
     ANNOTATION_OWNER,
     BUILTIN_FLAVORS,
@@ -58,6 +58,7 @@ from amphora_drivers.exceptions import (
     InstanceNotFoundError,
     NotSuspendedError,
     Reason,
+    invalid,
 )
 from amphora_drivers.types import AmphoraInstance, AmphoraType, BuildRequest
 

@@ -1,4 +1,6 @@
-"""Kubernetes API failures as the driver interface's exceptions, with reason and retryability."""
+"""Kubernetes API failures as the driver interface's exceptions: the HTTP status is judged by
+the one rule all drivers share (``exceptions.classify_status``); this adds the Kubernetes
+transport failures and the hints a Kubernetes user needs."""
 
 from __future__ import annotations
 
@@ -9,7 +11,11 @@ from collections.abc import Iterator
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from amphora_drivers.exceptions import AmphoraBuildError, AmphoraComputeError, Reason
+from amphora_drivers.exceptions import (
+    AmphoraComputeError,
+    Reason,
+    classify_status,
+)
 
 # -- errors ---------------------------------------------------------------------------------
 
@@ -20,30 +26,11 @@ def api_error(e: ApiException, what: str, error: type[AmphoraComputeError]) -> A
     with contextlib.suppress(ValueError, TypeError):
         detail = json.loads(e.body or "").get("message", detail)
     message = f"{what}: HTTP {e.status}: {detail}"
-    status = e.status or 0
-    reason: Reason | str
-    if status == 401:
-        reason, retryable = Reason.UNAUTHORIZED, False
+    reason, retryable = classify_status(e.status, detail)
+    if reason is Reason.UNAUTHORIZED:
         message += "; the driver's credentials were rejected"
-    elif status == 403 and "exceeded quota" in detail:
-        reason, retryable = Reason.QUOTA_EXCEEDED, True
-    elif status == 403:
-        reason, retryable = Reason.FORBIDDEN, False
+    elif reason is Reason.FORBIDDEN:
         message += "; grant the driver's identity the RBAC rules in the container driver's docs"
-    elif status == 404:
-        reason, retryable = Reason.NOT_FOUND, False
-    elif status == 409:
-        reason, retryable = Reason.CONFLICT, True
-    elif status in (400, 422):
-        reason, retryable = Reason.INVALID_INPUT, False
-    elif status == 429:
-        reason, retryable = Reason.RATE_LIMITED, True
-    elif status == 504:
-        reason, retryable = Reason.TIMEOUT, True
-    elif status >= 500 or status == 0:
-        reason, retryable = Reason.BACKEND_UNAVAILABLE, True
-    else:
-        reason, retryable = Reason.UNKNOWN, False
     return error(message, reason=reason, retryable=retryable)
 
 
@@ -69,9 +56,3 @@ def translated(what: str, error: type[AmphoraComputeError]) -> Iterator[None]:
             reason=Reason.BACKEND_UNAVAILABLE,
             retryable=True,
         ) from e
-
-
-def invalid(field: str, message: str) -> AmphoraBuildError:
-    return AmphoraBuildError(
-        f"{field}: {message}", reason=Reason.INVALID_INPUT, retryable=False, field=field
-    )
