@@ -17,8 +17,7 @@ from typing import Any
 
 import lupa
 import pytest
-
-from tests.fixtures.operator import REPO
+from amphora_devtools.crd import REPO
 
 KSTATUS_BUILD = REPO / "hack" / "kstatus" / "build.sh"
 ARGO_SCRIPT = REPO / "deploy" / "argocd" / "amphora-health.lua"

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 import yaml
+from amphora_devtools.crd import CRD_FILE, REPO
 from kubernetes import client as k8s
 from kubernetes.client import ApiClient
 
 from tests.fixtures.control_plane import Kubectl
-from tests.fixtures.operator import CRD_FILE, REPO
 from tests.status.health import ARGO_KEY, ARGO_PATCH, ARGO_SCRIPT
 
 FLUX_EXAMPLE = REPO / "deploy" / "flux" / "amphorae.yaml"
