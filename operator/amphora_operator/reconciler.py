@@ -177,7 +177,7 @@ class Reconciler:
 
     async def reconcile(self, body: dict[str, Any]) -> Outcome:
         meta = body["metadata"]
-        uid, generation = meta["uid"], meta.get("generation")
+        uid, generation = meta["uid"], int(meta.get("generation") or 0)
         settings = self.config.reconcile
         status = AmphoraStatus.model_validate(body.get("status") or {})
         try:
@@ -225,7 +225,7 @@ class Reconciler:
                 break
             result = plan(
                 spec=spec, status=status, observation=observation,
-                generation=generation or 0, profile=backend.profile, now=self.clock(),
+                generation=generation, profile=backend.profile, now=self.clock(),
                 retry_base=settings.retry_base, retry_max=settings.retry_max,
                 stall_after=settings.stall_after,
             )  # fmt: skip

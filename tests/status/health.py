@@ -18,8 +18,7 @@ from typing import Any
 import lupa
 import pytest
 
-from tests.fixtures.operator import REPO
-
+REPO = Path(__file__).resolve().parents[2]
 KSTATUS_BUILD = REPO / "hack" / "kstatus" / "build.sh"
 ARGO_SCRIPT = REPO / "deploy" / "argocd" / "amphora-health.lua"
 ARGO_PATCH = REPO / "deploy" / "argocd" / "argocd-cm-patch.yaml"
