@@ -18,7 +18,8 @@ from typing import Any
 import lupa
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.fixtures.operator import REPO
+
 KSTATUS_BUILD = REPO / "hack" / "kstatus" / "build.sh"
 ARGO_SCRIPT = REPO / "deploy" / "argocd" / "amphora-health.lua"
 ARGO_PATCH = REPO / "deploy" / "argocd" / "argocd-cm-patch.yaml"
