@@ -96,7 +96,9 @@ def test_suspend_and_resume_in_place(start_operator: StartOperator, steps: Steps
     steps.patch_spec("sleepy", suspended=True)
     status = steps.wait_phase("sleepy", "Suspended")
     assert status["computeId"] == compute_id
-    assert condition(status, "Ready")["status"] == "False"
+    # Suspended as requested is as declared: Ready=True with reason Suspended (README, status).
+    ready = condition(status, "Ready")
+    assert (ready["status"], ready["reason"]) == ("True", "Suspended"), ready
     steps.patch_spec("sleepy", suspended=False)
     assert steps.wait_phase("sleepy", "Ready")["computeId"] == compute_id
     assert len(operator.instances()) == 1
