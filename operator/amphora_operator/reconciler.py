@@ -106,17 +106,12 @@ async def observe(
 
 
 def _seen(status: AmphoraStatus, observation: Observation) -> dict[str, Fingerprint]:
-    seen: dict[str, Fingerprint] = {}
-    if status.compute_id and observation.current is not None:
-        seen[status.compute_id] = fingerprint(observation.current)
-    elif status.compute_id:
-        seen[status.compute_id] = None
-    rep = status.replacement
-    if rep is not None and rep.compute_id:
-        seen[rep.compute_id] = fingerprint(observation.replacement)
-    for rid in status.retired:
-        seen[rid] = fingerprint(observation.retired.get(rid))
-    return seen
+    """What the poller compares against, by id: the plan moves instances between roles (a
+    promoted replacement, a retired current), so each id is matched wherever it was seen."""
+    found = (observation.current, observation.replacement, *observation.retired.values())
+    known = {i.id: i for i in found if i is not None}
+    ids = [status.compute_id, status.replacement.compute_id if status.replacement else None]
+    return {i: fingerprint(known.get(i)) for i in [*ids, *status.retired] if i}
 
 
 class Reconciler:
