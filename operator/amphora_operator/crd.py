@@ -116,7 +116,9 @@ def crd_manifest() -> dict[str, Any]:
                                         "description", "The desired amphora."
                                     ),
                                 },
-                                "status": status_schema,
+                                # Every new Amphora starts with observedGeneration 0, so
+                                # kstatus reads it InProgress (not Current) until observed.
+                                "status": {**status_schema, "default": {"observedGeneration": 0}},
                             },
                         }
                     },

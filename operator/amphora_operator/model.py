@@ -453,8 +453,14 @@ class AmphoraStatus(_Model):
         str | None, Field(description="Why the amphora is not ready, from the backend.")
     ] = None
     observed_generation: Annotated[
-        int | None, Field(description="The .metadata.generation last acted on.")
-    ] = None
+        int,
+        Field(
+            description=(
+                "The .metadata.generation last acted on; 0 (the default every new Amphora is "
+                "created with) until the operator has observed it."
+            )
+        ),
+    ] = 0
     revision: Annotated[
         int, Field(description="Revision of the current instance; bumps on each rebuild.")
     ] = 0

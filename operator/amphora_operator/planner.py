@@ -430,7 +430,7 @@ def mark_failed(
     *,
     reason: str,
     message: str,
-    generation: int | None,
+    generation: int,
     stamp: str,
     stalled: bool = False,
 ) -> None:
@@ -448,7 +448,7 @@ def mark_failed(
 
 
 def invalid(
-    status: AmphoraStatus, *, reason: str, message: str, generation: int | None, now: datetime
+    status: AmphoraStatus, *, reason: str, message: str, generation: int, now: datetime
 ) -> AmphoraStatus:
     """A spec error or an unknown driver: nothing happens until the spec changes (Stalled)."""
     s = _copy(status)
@@ -462,12 +462,12 @@ def invalid(
 
 
 def first_sight(
-    status: AmphoraStatus, *, generation: int | None, profile: str | None, now: datetime
+    status: AmphoraStatus, *, generation: int, profile: str | None, now: datetime
 ) -> AmphoraStatus | None:
-    """The status written before any driver call when the Amphora has none yet (phase Pending,
-    Reconciling), so that no reader takes a not-yet-observed Amphora for a healthy one; None
-    when status already exists."""
-    if status.observed_generation is not None or status.phase is not None:
+    """The status written before any driver call when the Amphora has none yet (no status, or
+    only the CRD's default ``observedGeneration: 0``): phase Pending, Reconciling, so that no
+    reader takes a not-yet-observed Amphora for a healthy one; None when status already exists."""
+    if status.observed_generation or status.phase is not None:
         return None
     s = _copy(status)
     s.phase = Phase.PENDING
@@ -525,7 +525,7 @@ def plan_failure(
     status: AmphoraStatus,
     failure: Failure,
     *,
-    generation: int | None,
+    generation: int,
     now: datetime,
     retry_base: float,
     retry_max: float,
@@ -555,7 +555,7 @@ def plan_failure(
 
 
 def plan_backend(
-    status: AmphoraStatus, failure: Failure | None, *, generation: int | None, now: datetime
+    status: AmphoraStatus, failure: Failure | None, *, generation: int, now: datetime
 ) -> AmphoraStatus:
     """BackendAvailable from a lookup: reachable, or down for ``failure`` (stable wording, so
     an outage costs one write per Amphora, not one per poll round). An Amphora never observed
@@ -610,7 +610,7 @@ def needs_write(before: dict[str, Any], after: dict[str, Any]) -> bool:
 
 
 def plan_deletion_wait(
-    status: AmphoraStatus, *, reason: str, message: str, generation: int | None, now: datetime
+    status: AmphoraStatus, *, reason: str, message: str, generation: int, now: datetime
 ) -> tuple[AmphoraStatus, str]:
     """Phase Deleting with why it waits and the escape (Orphan); returns (status, text)."""
     text = (

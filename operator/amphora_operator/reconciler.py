@@ -106,17 +106,12 @@ async def observe(
 
 
 def _seen(status: AmphoraStatus, observation: Observation) -> dict[str, Fingerprint]:
-    seen: dict[str, Fingerprint] = {}
-    if status.compute_id and observation.current is not None:
-        seen[status.compute_id] = fingerprint(observation.current)
-    elif status.compute_id:
-        seen[status.compute_id] = None
-    rep = status.replacement
-    if rep is not None and rep.compute_id:
-        seen[rep.compute_id] = fingerprint(observation.replacement)
-    for rid in status.retired:
-        seen[rid] = fingerprint(observation.retired.get(rid))
-    return seen
+    """What the poller compares against, by id: the plan moves instances between roles (a
+    promoted replacement, a retired current), so each id is matched wherever it was seen."""
+    found = (observation.current, observation.replacement, *observation.retired.values())
+    known = {i.id: i for i in found if i is not None}
+    ids = [status.compute_id, status.replacement.compute_id if status.replacement else None]
+    return {i: fingerprint(known.get(i)) for i in [*ids, *status.retired] if i}
 
 
 class Reconciler:
@@ -177,7 +172,7 @@ class Reconciler:
 
     async def reconcile(self, body: dict[str, Any]) -> Outcome:
         meta = body["metadata"]
-        uid, generation = meta["uid"], meta.get("generation")
+        uid, generation = meta["uid"], int(meta.get("generation") or 0)
         settings = self.config.reconcile
         status = AmphoraStatus.model_validate(body.get("status") or {})
         try:
@@ -225,7 +220,7 @@ class Reconciler:
                 break
             result = plan(
                 spec=spec, status=status, observation=observation,
-                generation=generation or 0, profile=backend.profile, now=self.clock(),
+                generation=generation, profile=backend.profile, now=self.clock(),
                 retry_base=settings.retry_base, retry_max=settings.retry_max,
                 stall_after=settings.stall_after,
             )  # fmt: skip

@@ -278,3 +278,16 @@ def test_terminal_and_repeated_failures_are_stalled_transient_ones_reconciling()
     assert cond(terminal, "Stalled")[0] == "True" and cond(terminal, "Reconciling")[0] == "False"
     assert terminal.next_retry_time == "2026-11-25T12:05:00Z", "slow re-check at retry_max"
     assert terminal.observed_generation == 3
+
+
+def test_first_sight_takes_the_crd_default_generation_0_for_not_yet_observed() -> None:
+    from amphora_operator.planner import first_sight
+
+    # What the apiserver serves for a new Amphora: the schema default status.
+    defaulted = AmphoraStatus.model_validate({"observedGeneration": 0, "revision": 0})
+    first = first_sight(defaulted, generation=1, profile="noop", now=NOW)
+    assert first is not None and first.phase is Phase.PENDING and first.observed_generation == 1
+    assert cond(first, "Reconciling")[0] == "True" and cond(first, "Ready")[0] == "False"
+    assert first_sight(AmphoraStatus(), generation=1, profile="noop", now=NOW) is not None
+    assert first_sight(first, generation=1, profile="noop", now=NOW) is None, "written once"
+    assert first_sight(first, generation=2, profile="noop", now=NOW) is None, "not on a spec change"
