@@ -23,6 +23,7 @@ from typing import Any
 import openstack.exceptions
 import pytest
 import yaml
+from amphora_drivers.nova.connect import connect
 from kubernetes import client as k8s
 from kubernetes.client import ApiClient
 
@@ -239,7 +240,11 @@ def test_vm_amphora_built_through_nova_and_deleted_by_octavia(
         {"image_map": {"amphora": nova_box.image_id}, "default_type": "VM", "key_source": "nova"},
         **octavia_openstack_sections(nova_box),
     )
-    with contextlib.closing(nova_box.connection()) as conn:
+    # Nova keypairs belong to a user: create it as the user Octavia's [service_auth] is.
+    as_service_user = connect(
+        clouds_yaml_content=nova_box.clouds_yaml_content(), cloud=nova_box.cloud
+    )
+    with contextlib.closing(as_service_user) as conn:
         conn.compute.create_keypair(name=key_name, public_key=PUBLIC_KEY)
     build = oct_.run(
         "build", {"server_pem": SERVER_PEM, "availability_zone": {"compute_zone": "nova"}}
@@ -268,6 +273,9 @@ def test_vm_amphora_built_through_nova_and_deleted_by_octavia(
         with pytest.raises(openstack.exceptions.NotFoundException):
             conn.compute.get_server(server_id)
         assert [s.id for s in conn.compute.servers(tags=managed_tag)] == []
+    with contextlib.closing(
+        connect(clouds_yaml_content=nova_box.clouds_yaml_content(), cloud=nova_box.cloud)
+    ) as conn:
         conn.compute.delete_keypair(key_name)
     print(f"Octavia up in {oct_.start_seconds} s, runs {oct_.runs}; flow: build "
           f"{build['seconds']} s, deleted and gone {gone['gone_seconds']} s")  # fmt: skip
