@@ -66,29 +66,23 @@ class KubeGateway:
     ) -> dict[str, Any] | None:
         """Set ``metadata.finalizers`` if the object is unchanged since ``resource_version``;
         return the updated object, or None when it changed, is gone or is being deleted."""
-        patch: list[dict[str, Any]] = [
-            {"op": "test", "path": "/metadata/resourceVersion", "value": resource_version},
-            {"op": "add", "path": "/metadata/finalizers", "value": finalizers},
-        ]
-        try:
-            result = self.custom.patch_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name, patch,
-                _content_type="application/json-patch+json", _request_timeout=self.request_timeout,
-            )  # fmt: skip
-        except client.ApiException as e:
-            if e.status in (404, 409, 422):
-                return None
-            raise
-        return cast(dict[str, Any], result)
+        return self._patch_finalizers("add", namespace, name, resource_version, finalizers)
 
     def remove_finalizer(
         self, namespace: str, name: str, resource_version: str, finalizers: list[str]
     ) -> dict[str, Any] | None:
         """Set ``metadata.finalizers`` to ``finalizers`` (ours dropped) if unchanged since
         ``resource_version``; None when it changed (re-read and retry) or is gone."""
+        return self._patch_finalizers("replace", namespace, name, resource_version, finalizers)
+
+    def _patch_finalizers(
+        self, op: str, namespace: str, name: str, resource_version: str, finalizers: list[str]
+    ) -> dict[str, Any] | None:
+        """One JSON patch guarded by a resourceVersion test: a concurrent change (409/422) or
+        a deleted object (404) gives None instead of overwriting someone else's finalizers."""
         patch: list[dict[str, Any]] = [
             {"op": "test", "path": "/metadata/resourceVersion", "value": resource_version},
-            {"op": "replace", "path": "/metadata/finalizers", "value": finalizers},
+            {"op": op, "path": "/metadata/finalizers", "value": finalizers},
         ]
         try:
             result = self.custom.patch_namespaced_custom_object(
