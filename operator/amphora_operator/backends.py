@@ -126,7 +126,8 @@ class Backend:
         try:
             call = (lambda: self._fenced(method, fn)) if act else (lambda: self.breaker.call(fn))
             future = loop.run_in_executor(self.executor, call)
-            return await asyncio.wait_for(future, self.timeout)
+            async with asyncio.timeout(self.timeout):  # wait_for can swallow cancels on 3.11
+                return await future
         except TimeoutError as e:
             self.breaker.record_failure(Reason.TIMEOUT)
             self.metrics.driver_errors.labels(self.profile, method, Reason.TIMEOUT).inc()

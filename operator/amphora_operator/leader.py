@@ -153,7 +153,8 @@ class KubeLeaseApi:
 
 async def _in_thread(fn: Callable[[], T], timeout: float) -> T:
     """Run a blocking API call off the event loop; give up waiting after ``timeout``."""
-    return await asyncio.wait_for(asyncio.to_thread(fn), timeout)
+    async with asyncio.timeout(timeout):  # not wait_for: it can swallow a cancel on 3.11
+        return await asyncio.to_thread(fn)
 
 
 def _status(error: Exception) -> int | None:

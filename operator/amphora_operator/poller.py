@@ -78,8 +78,11 @@ class Poller:
             if not moving:
                 interval = max(0.0, self._next_resync - self.clock())
             self._wake.clear()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that lands
+            # as the wait ends, and stop() would then wait for this loop for ever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), interval)
+                async with asyncio.timeout(interval):
+                    await self._wake.wait()
 
     async def round(self, *, full: bool) -> bool:
         """One round; True while anything is still moving."""
@@ -97,9 +100,8 @@ class Poller:
         ids = {i for interest in items.values() for i in interest.seen}
         waiting = [uid for uid, interest in items.items() if interest.waiting]
         try:
-            found = await asyncio.wait_for(
-                self._look(backend, ids, full or bool(waiting)), backend.timeout * 2
-            )
+            async with asyncio.timeout(backend.timeout * 2):
+                found = await self._look(backend, ids, full or bool(waiting))
         except Exception as e:  # down, slow, or returning garbage: only its own Amphorae wait
             cause = str(getattr(e, "reason", type(e).__name__))
             if cause == "CircuitOpen":
