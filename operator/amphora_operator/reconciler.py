@@ -183,6 +183,11 @@ class Reconciler:
             await self.write(body, invalid(status, reason="InvalidSpec", message=text,
                                            generation=generation, now=self.clock()))  # fmt: skip
             return Outcome()
+        # Before anything may come to belong to it (a build, an adopted import, a build the
+        # backend reports later): without our finalizer a DELETE would leak it.
+        if not await self._ensure_finalizer(body):
+            return Outcome(requeue_after=0.0)  # changed or being deleted: look again
+        body = self.store.get(uid) or body
         try:
             backend = self.resolve(body, spec)
         except (UnknownProfileError, UnknownDriverError) as e:
@@ -226,8 +231,6 @@ class Reconciler:
             )  # fmt: skip
             new = plan_backend(result.status, None, generation=generation, now=self.clock())
             builds = any(isinstance(a, Build) for a in result.actions)
-            if builds and not await self._ensure_finalizer(body):
-                return Outcome(requeue_after=0.0)  # changed or being deleted: look again
             body = self.store.get(uid) or body
             if result.actions and _intent_changed(status, new):
                 body = await self.write(body, new)
@@ -263,9 +266,10 @@ class Reconciler:
         )
 
     async def _ensure_finalizer(self, body: dict[str, Any]) -> bool:
-        """Our finalizer is on the object before anything is built for it. Admission adds it
+        """Our finalizer is on the object before anything can belong to it. Admission adds it
         (deploy/base/finalizer-policy.yaml); where the apiserver lacks MutatingAdmissionPolicy
-        this is the fallback, one PATCH per Amphora."""
+        (or the policy's failurePolicy Ignore let a create through) this is the fallback, one
+        PATCH per Amphora."""
         meta = body["metadata"]
         finalizers = list(meta.get("finalizers") or [])
         if FINALIZER in finalizers:

@@ -158,6 +158,11 @@ class Runtime:
             outcome = await self.finalizer.finalize(body)
         else:
             outcome = await self.reconciler.reconcile(body)
+        latest = self.store.get(uid)
+        if latest is not None and _needs_reconcile(body, latest):
+            # Our own write's reply can be the first sight of a change (a DELETE landing
+            # during the pass): its watch event then matches the cache and marks nothing.
+            self.queue.mark(uid)
         elapsed = time.perf_counter() - started
         kind = "delete" if deleting else "reconcile"
         self.metrics.reconcile_seconds.labels(kind).observe(elapsed)

@@ -102,12 +102,6 @@ def test_broken_profiles_wait_with_a_reason_and_orphan_releases(
     record("deletion_broken_profile", "seconds from Orphan to released", figures)
 
 
-@pytest.mark.xfail(
-    reason="known race (issue 14/16, open): an Amphora deleted while its first status writes "
-    "are in flight can stay Deleting with its finalizer (seen: 1 of 100, generation 2 not "
-    "observed); reproduced on main before and after the kube.py finalizer-patch refactor",
-    strict=False,
-)
 def test_amphorae_deleted_right_after_creation_leave_nothing(
     launch: Launch, fleet: Fleet, kube_api: ApiClient, namespace: str, state_file: Path
 ) -> None:
