@@ -27,7 +27,6 @@ import time
 import urllib.error
 import urllib.request
 import weakref
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,7 +41,10 @@ from amphora_devtools.processes import (
     PidFile,
     ProcessError,
     ProcessRecord,
+    Progress,
+    quiet,
     reap_orphans,
+    run_script,
     tail,
     this_process,
 )
@@ -85,13 +87,6 @@ _POLL_SECONDS = 0.2
 #: Everything one start attempt writes; a failed attempt's copy is moved to ``failed/``.
 _ATTEMPT_STATE = ("etcd", "logs", "pki", "kubeconfigs", "kubeconfig", "state.json")
 
-Progress = Callable[[str], None]
-
-
-def _quiet(_: str) -> None:
-    """Library default: report nothing; the CLI passes ``print``."""
-
-
 _START_ATTEMPTS = 3
 
 
@@ -110,28 +105,13 @@ class ComponentStatus:
     rss_bytes: int
 
 
-def build_binaries(progress: Progress = _quiet, script: Path = BUILD_SCRIPT) -> Path:
+def build_binaries(progress: Progress = quiet, script: Path = BUILD_SCRIPT) -> Path:
     """Run ``build.sh`` (idempotent; seconds when cached) and return the bin dir it prints last.
 
-    The script's stderr is streamed to ``progress`` line by line because a cold build takes
-    minutes; its last lines go into the error if it fails.
+    A cold build takes minutes: the script's output streams to ``progress``; its last lines go
+    into the error if it fails.
     """
-    lines: deque[str] = deque(maxlen=_LOG_TAIL_LINES)
-    with subprocess.Popen(
-        ["bash", str(script)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    ) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line.rstrip("\n"))
-            progress(lines[-1])
-    if proc.returncode != 0 or not lines:
-        text = "\n".join(lines)
-        raise ControlPlaneError(f"{script} exited with {proc.returncode}:\n{text}")
-    return Path(lines[-1])
+    return Path(run_script(script, progress, error=ControlPlaneError, tail_lines=_LOG_TAIL_LINES))
 
 
 def _rss_bytes(pid: int) -> int:
@@ -250,7 +230,7 @@ class LocalControlPlane:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def up(self, progress: Progress = _quiet, timeout: float = 120.0) -> None:
+    def up(self, progress: Progress = quiet, timeout: float = 120.0) -> None:
         """Start every component and wait until Nodes are Ready and ``default`` SA exists.
 
         First reaps what crashed runs left behind (their pid files). Reuses a healthy plane
