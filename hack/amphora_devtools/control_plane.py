@@ -17,6 +17,7 @@ import argparse
 import atexit
 import base64
 import csv
+import functools
 import hashlib
 import json
 import secrets
@@ -281,11 +282,16 @@ class LocalControlPlane:
         progress(f"starting kube-apiserver on {self.server}")
         self._start("kube-apiserver", timeout)
         self._write_kubeconfigs()
-        for name in ("kube-controller-manager", "kube-scheduler", "kwok"):
+        # The three need only the apiserver, not each other: start them together, register
+        # the Nodes meanwhile (kwok marks them Ready once it runs), then wait for each health.
+        clients = ("kube-controller-manager", "kube-scheduler", "kwok")
+        for name in clients:
             progress(f"starting {name}")
-            self._start(name, timeout)
+            self._spawn(name)
         progress(f"registering {self.nodes} kwok node(s)")
         self._register_nodes()
+        for name in clients:
+            self._wait(name, "health endpoint", functools.partial(self._healthy, name), timeout)
         self._wait("kwok", f"{self.nodes} Ready node(s)", self._nodes_ready, timeout)
         self._wait(
             "kube-controller-manager",
@@ -381,7 +387,12 @@ class LocalControlPlane:
         return mine | {name for name, record in self._foreign.items() if record.alive()}
 
     def _start(self, name: str, timeout: float) -> None:
-        """Spawn a component in its own session, record it, and wait for its health."""
+        """Spawn a component and wait for its health."""
+        self._spawn(name)
+        self._wait(name, "health endpoint", lambda: self._healthy(name), timeout)
+
+    def _spawn(self, name: str) -> None:
+        """Start a component in its own session and record it (pid file, state.json)."""
         if name in self._running():
             raise ControlPlaneError(f"{name} is already running (pid {self._pid(name)})")
         child = Child(
@@ -398,7 +409,6 @@ class LocalControlPlane:
         if not self.detached:
             _OWNED.add(self)
         self._record_processes()
-        self._wait(name, "health endpoint", lambda: self._healthy(name), timeout)
 
     def _stop(self, name: str, grace: float = STOP_GRACE_SECONDS) -> None:
         """SIGTERM the component's process group, SIGKILL it after ``grace`` s (at once with
