@@ -1,12 +1,17 @@
 # The two commands a newcomer needs: `make demo` (the main job) and `make test` (the suite).
-# Both install everything on a fresh machine: a virtualenv, the Go-built control plane
-# (cached in ~/.cache/amphora-operator), and the Nova test box's own virtualenv.
+# Both install everything on a fresh machine: a virtualenv, the Go-built control plane and
+# kubelet (cached in ~/.cache/amphora-operator), the real Node's Debian packages, and the test
+# boxes' own virtualenvs. hack/setup.sh runs those steps in concurrent lanes: the Go builds
+# (CPU-bound) one after another in one lane, each download-bound install in a lane of its own.
 
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo demo-down test venv control-plane nova-box real-node kstatus lint crd bench
+.PHONY: demo demo-down test setup-test setup-demo venv control-plane nova-box real-node kstatus \
+	octavia lint crd bench
+
+GO_LANE := control-plane+kubelet+kstatus
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +30,11 @@ control-plane:
 
 # The box's two venvs (Nova; Keystone + Glance) install side by side; either failing fails.
 nova-box:
-	bash hack/nova-box/install.sh nova & nova=$$!; bash hack/nova-box/install.sh cloud; cloud=$$?; \
-	  wait $$nova && [ $$cloud -eq 0 ]
+	bash hack/setup.sh nova-venv cloud-venv
+
+# Octavia 19's own venv for tests/octavia.
+octavia:
+	bash hack/octavia/install.sh
 
 # The real kubelet Node: Debian packages (as root) and a kubelet from the control plane's module.
 real-node: control-plane
@@ -37,16 +45,22 @@ real-node: control-plane
 kstatus:
 	bash hack/kstatus/build.sh
 
+# Everything each command needs, in concurrent lanes (see hack/setup.sh).
+setup-demo:
+	bash hack/setup.sh venv control-plane+kubelet node-packages
+
+setup-test:
+	bash hack/setup.sh venv $(GO_LANE) node-packages nova-venv cloud-venv octavia-venv
+
 ## Run the main job: local control plane, operator, sample Amphorae, `kubectl get amphorae`.
-demo: venv control-plane real-node
+demo: setup-demo
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash hack/demo.sh up
 
 demo-down:
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash hack/demo.sh down
 
 ## Run the whole test suite against the real control plane and the real Nova API.
-test: venv control-plane nova-box real-node kstatus
-	bash hack/octavia/install.sh >/dev/null  # Octavia 19's own venv for tests/octavia
+test: setup-test
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash hack/run-tests.sh
 
 lint: venv

@@ -17,6 +17,7 @@ import argparse
 import atexit
 import base64
 import csv
+import functools
 import hashlib
 import json
 import secrets
@@ -27,7 +28,6 @@ import time
 import urllib.error
 import urllib.request
 import weakref
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,7 +42,10 @@ from amphora_devtools.processes import (
     PidFile,
     ProcessError,
     ProcessRecord,
+    Progress,
+    quiet,
     reap_orphans,
+    run_script,
     tail,
     this_process,
 )
@@ -85,13 +88,6 @@ _POLL_SECONDS = 0.2
 #: Everything one start attempt writes; a failed attempt's copy is moved to ``failed/``.
 _ATTEMPT_STATE = ("etcd", "logs", "pki", "kubeconfigs", "kubeconfig", "state.json")
 
-Progress = Callable[[str], None]
-
-
-def _quiet(_: str) -> None:
-    """Library default: report nothing; the CLI passes ``print``."""
-
-
 _START_ATTEMPTS = 3
 
 
@@ -110,28 +106,13 @@ class ComponentStatus:
     rss_bytes: int
 
 
-def build_binaries(progress: Progress = _quiet, script: Path = BUILD_SCRIPT) -> Path:
+def build_binaries(progress: Progress = quiet, script: Path = BUILD_SCRIPT) -> Path:
     """Run ``build.sh`` (idempotent; seconds when cached) and return the bin dir it prints last.
 
-    The script's stderr is streamed to ``progress`` line by line because a cold build takes
-    minutes; its last lines go into the error if it fails.
+    A cold build takes minutes: the script's output streams to ``progress``; its last lines go
+    into the error if it fails.
     """
-    lines: deque[str] = deque(maxlen=_LOG_TAIL_LINES)
-    with subprocess.Popen(
-        ["bash", str(script)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    ) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line.rstrip("\n"))
-            progress(lines[-1])
-    if proc.returncode != 0 or not lines:
-        text = "\n".join(lines)
-        raise ControlPlaneError(f"{script} exited with {proc.returncode}:\n{text}")
-    return Path(lines[-1])
+    return Path(run_script(script, progress, error=ControlPlaneError, tail_lines=_LOG_TAIL_LINES))
 
 
 def _rss_bytes(pid: int) -> int:
@@ -250,7 +231,7 @@ class LocalControlPlane:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def up(self, progress: Progress = _quiet, timeout: float = 120.0) -> None:
+    def up(self, progress: Progress = quiet, timeout: float = 120.0) -> None:
         """Start every component and wait until Nodes are Ready and ``default`` SA exists.
 
         First reaps what crashed runs left behind (their pid files). Reuses a healthy plane
@@ -301,11 +282,16 @@ class LocalControlPlane:
         progress(f"starting kube-apiserver on {self.server}")
         self._start("kube-apiserver", timeout)
         self._write_kubeconfigs()
-        for name in ("kube-controller-manager", "kube-scheduler", "kwok"):
+        # The three need only the apiserver, not each other: start them together, register
+        # the Nodes meanwhile (kwok marks them Ready once it runs), then wait for each health.
+        clients = ("kube-controller-manager", "kube-scheduler", "kwok")
+        for name in clients:
             progress(f"starting {name}")
-            self._start(name, timeout)
+            self._spawn(name)
         progress(f"registering {self.nodes} kwok node(s)")
         self._register_nodes()
+        for name in clients:
+            self._wait(name, "health endpoint", functools.partial(self._healthy, name), timeout)
         self._wait("kwok", f"{self.nodes} Ready node(s)", self._nodes_ready, timeout)
         self._wait(
             "kube-controller-manager",
@@ -401,7 +387,12 @@ class LocalControlPlane:
         return mine | {name for name, record in self._foreign.items() if record.alive()}
 
     def _start(self, name: str, timeout: float) -> None:
-        """Spawn a component in its own session, record it, and wait for its health."""
+        """Spawn a component and wait for its health."""
+        self._spawn(name)
+        self._wait(name, "health endpoint", lambda: self._healthy(name), timeout)
+
+    def _spawn(self, name: str) -> None:
+        """Start a component in its own session and record it (pid file, state.json)."""
         if name in self._running():
             raise ControlPlaneError(f"{name} is already running (pid {self._pid(name)})")
         child = Child(
@@ -418,7 +409,6 @@ class LocalControlPlane:
         if not self.detached:
             _OWNED.add(self)
         self._record_processes()
-        self._wait(name, "health endpoint", lambda: self._healthy(name), timeout)
 
     def _stop(self, name: str, grace: float = STOP_GRACE_SECONDS) -> None:
         """SIGTERM the component's process group, SIGKILL it after ``grace`` s (at once with

@@ -28,7 +28,8 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -42,8 +43,16 @@ _POLL_SECONDS = 0.05
 _SETPRIV = shutil.which("setpriv")
 
 
+#: Where long-running set-up steps report their output, line by line.
+Progress = Callable[[str], None]
+
+
+def quiet(_: str) -> None:
+    """Library default for ``progress``: report nothing (the CLIs pass ``print``)."""
+
+
 class ProcessError(RuntimeError):
-    """A child could not be started or stopped."""
+    """A child could not be started or stopped, or a set-up script failed."""
 
 
 def start_time(pid: int) -> int | None:
@@ -252,6 +261,37 @@ def tail(path: Path, lines: int = 40) -> str:
     except OSError:
         return ""
     return "\n".join(text.splitlines()[-lines:])
+
+
+def run_script(
+    script: Path,
+    progress: Progress = quiet,
+    *,
+    error: type[Exception] = ProcessError,
+    tail_lines: int = 40,
+) -> str:
+    """Run a set-up script (``hack/**/*.sh``) and return the last line it printed.
+
+    The scripts print their result (a path) last on stdout and their progress on stderr; both
+    are streamed to ``progress`` line by line, because a cold build takes minutes. A non-zero
+    exit, or no output at all, raises ``error`` with the last ``tail_lines`` lines.
+    """
+    lines: deque[str] = deque(maxlen=tail_lines)
+    with subprocess.Popen(
+        ["bash", str(script)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            progress(lines[-1])
+    if proc.returncode != 0 or not lines:
+        text = "\n".join(lines)
+        raise error(f"{script} exited with {proc.returncode}:\n{text}")
+    return lines[-1]
 
 
 # -- pid files -------------------------------------------------------------------------------

@@ -35,7 +35,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ from typing import Any
 import yaml
 
 from amphora_devtools import images
+from amphora_devtools.processes import Progress, quiet, run_script
 
 HACK = Path(__file__).resolve().parent.parent / "real-node"
 INSTALL_SCRIPT = HACK / "install.sh"
@@ -76,12 +76,6 @@ _POLL = 0.2
 _STOP_GRACE = 15.0
 _LOG_TAIL = 40
 
-Progress = Callable[[str], None]
-
-
-def _quiet(_: str) -> None:
-    """Library default: report nothing."""
-
 
 class RealNodeError(RuntimeError):
     """The node cannot start (missing packages, no root, a component died); says why."""
@@ -92,25 +86,6 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def _run_script(script: Path, progress: Progress) -> str:
-    """Run a set-up script, streaming its stderr; return the last stdout line."""
-    lines: deque[str] = deque(maxlen=_LOG_TAIL)
-    with subprocess.Popen(
-        ["bash", str(script)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    ) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line.rstrip("\n"))
-            progress(lines[-1])
-    if proc.returncode != 0:
-        raise RealNodeError(f"{script} exited {proc.returncode}:\n" + "\n".join(lines))
-    return lines[-1] if lines else ""
 
 
 def _alive(pid: int) -> bool:
@@ -193,7 +168,7 @@ class RealNode:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def up(self, progress: Progress = _quiet, timeout: float = 120.0) -> None:
+    def up(self, progress: Progress = quiet, timeout: float = 120.0) -> None:
         """Install/build what is missing, start containerd and the kubelet, wait for Ready.
 
         Raises :class:`RealNodeError` naming the cause; whatever started is stopped again.
@@ -221,7 +196,7 @@ class RealNode:
     def _preflight(self, progress: Progress) -> None:
         if os.geteuid() != 0:
             raise RealNodeError("the real kubelet Node needs root (containerd, mounts, cgroups)")
-        _run_script(INSTALL_SCRIPT, progress)
+        run_script(INSTALL_SCRIPT, progress, error=RealNodeError)
         missing = [tool for tool in REQUIRED if shutil.which(tool) is None]
         missing += [f"{CNI_BIN_DIR}/{p}" for p in ("bridge", "host-local", "loopback")]
         missing = [m for m in missing if "/" not in m or not Path(m).is_file()]
@@ -233,7 +208,7 @@ class RealNode:
             )
         if self._kubelet is None:
             progress("resolving the kubelet with hack/real-node/build-kubelet.sh")
-            self._kubelet = Path(_run_script(BUILD_SCRIPT, progress))
+            self._kubelet = Path(run_script(BUILD_SCRIPT, progress, error=RealNodeError))
         if not self._kubelet.is_file():
             raise RealNodeError(f"no kubelet at {self._kubelet}")
 

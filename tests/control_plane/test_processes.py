@@ -23,9 +23,11 @@ import pytest
 from amphora_devtools.processes import (
     Child,
     PidFile,
+    ProcessError,
     ProcessRecord,
     group_members,
     reap_orphans,
+    run_script,
     start_time,
 )
 from amphora_devtools.wait import wait_until
@@ -215,3 +217,32 @@ def test_a_reused_pid_in_an_orphans_pid_file_is_not_killed(tmp_path: Path) -> No
         assert bystander.running()
     finally:
         bystander.kill()
+
+
+def test_run_script_streams_its_output_and_returns_the_last_line(tmp_path: Path) -> None:
+    script = tmp_path / "step.sh"
+    script.write_text("echo 'building' >&2\necho /cache/bin\n")
+    seen: list[str] = []
+    assert run_script(script, seen.append) == "/cache/bin"
+    assert seen == ["building", "/cache/bin"]
+
+
+def test_a_failed_script_raises_the_callers_error_with_its_log_tail(tmp_path: Path) -> None:
+    class StepFailed(RuntimeError):
+        pass
+
+    script = tmp_path / "step.sh"
+    script.write_text("for i in $(seq 1 100); do echo line-$i >&2; done\nexit 3\n")
+    with pytest.raises(StepFailed) as failure:
+        run_script(script, error=StepFailed, tail_lines=5)
+    message = str(failure.value)
+    assert "exited with 3" in message
+    assert "line-96" in message and "line-100" in message
+    assert "line-95" not in message
+
+
+def test_a_script_that_prints_no_result_fails(tmp_path: Path) -> None:
+    script = tmp_path / "silent.sh"
+    script.write_text("true\n")
+    with pytest.raises(ProcessError, match="exited with 0"):
+        run_script(script)

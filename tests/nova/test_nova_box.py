@@ -10,8 +10,6 @@ import base64
 import gzip
 import os
 import uuid
-from collections.abc import Iterator
-from functools import partial
 from typing import Any
 
 import openstack.connection
@@ -28,52 +26,16 @@ from amphora_drivers.nova import NOVA_USER_DATA_LIMIT, ImageCandidate, NovaDrive
 from amphora_drivers.testing import make_ssh_public_key, wait_for
 from amphora_drivers.types import AmphoraInstance, AmphoraState, AmphoraType, ServerGroup
 
-from tests.fixtures.nova_box import NovaBoxInfo
+from tests.fixtures.nova_box import SETTLE_TIMEOUT as TIMEOUT
+from tests.fixtures.nova_box import NovaBoxInfo, make_driver
 from tests.nova.cloud_init import cloud_config, mime_parts, written_files
 
 pytestmark = pytest.mark.nova
-TIMEOUT = 30.0
 
 
 def fresh(prefix: str = "nova") -> tuple[str, str]:
     token = uuid.uuid4().hex[:10]
     return f"{prefix}-{token}", str(uuid.uuid4())
-
-
-def make_driver(nova_box: NovaBoxInfo, **options: Any) -> NovaDriver:
-    return NovaDriver(
-        clouds_yaml=str(nova_box.clouds_yaml),
-        cloud=nova_box.cloud,
-        default_flavor=nova_box.flavor_id,
-        default_image=nova_box.image_id,
-        default_network_ids=[nova_box.network_id],
-        **options,
-    )
-
-
-@pytest.fixture
-def driver(nova_box: NovaBoxInfo) -> Iterator[NovaDriver]:
-    built = make_driver(nova_box)
-    yield built
-    built.close()
-
-
-@pytest.fixture
-def admin(nova_box: NovaBoxInfo) -> Iterator[openstack.connection.Connection]:
-    conn = nova_box.connection()
-    yield conn
-    conn.close()
-
-
-@pytest.fixture
-def cleanup(driver: NovaDriver) -> Iterator[list[str]]:
-    """Ids to delete after the test, and a check that they really go."""
-    ids: list[str] = []
-    yield ids
-    for amphora_id in ids:
-        driver.delete(amphora_id)
-    for amphora_id in ids:
-        wait_for(partial(driver.find, amphora_id=amphora_id), lambda f: not f, timeout=TIMEOUT)
 
 
 def settled(driver: NovaDriver, amphora_id: str) -> AmphoraInstance:

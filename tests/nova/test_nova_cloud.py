@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import openstack.connection
@@ -20,50 +19,14 @@ from amphora_drivers.nova import NovaDriver
 from amphora_drivers.testing import wait_for
 from amphora_drivers.types import AmphoraState
 
-from tests.fixtures.nova_box import NovaBoxInfo
+from tests.fixtures.nova_box import SETTLE_TIMEOUT as TIMEOUT
+from tests.fixtures.nova_box import NovaBoxInfo, make_driver
 
 pytestmark = pytest.mark.nova
-TIMEOUT = 30.0
 
 
 def fresh() -> tuple[str, str]:
     return f"cloud-{uuid.uuid4().hex[:10]}", str(uuid.uuid4())
-
-
-def make_driver(nova_box: NovaBoxInfo, cloud: str | None = None, **options: Any) -> NovaDriver:
-    return NovaDriver(
-        clouds_yaml=str(nova_box.clouds_yaml),
-        cloud=cloud or nova_box.cloud,
-        default_flavor=nova_box.flavor_id,
-        default_image=nova_box.image_id,
-        default_network_ids=[nova_box.network_id],
-        **options,
-    )
-
-
-@pytest.fixture
-def driver(nova_box: NovaBoxInfo) -> Iterator[NovaDriver]:
-    built = make_driver(nova_box)
-    yield built
-    built.close()
-
-
-@pytest.fixture
-def admin(nova_box: NovaBoxInfo) -> Iterator[openstack.connection.Connection]:
-    conn = nova_box.connection()
-    yield conn
-    conn.close()
-
-
-@pytest.fixture
-def built(driver: NovaDriver) -> Iterator[list[str]]:
-    """Ids to delete after the test (and wait for)."""
-    ids: list[str] = []
-    yield ids
-    for amphora_id in ids:
-        driver.delete(amphora_id)
-    for amphora_id in ids:
-        wait_for(lambda i=amphora_id: driver.find(amphora_id=i), lambda f: not f, timeout=TIMEOUT)
 
 
 def active(driver: NovaDriver, amphora_id: str) -> None:
@@ -102,12 +65,12 @@ def test_the_clouds_yaml_is_what_a_user_writes_and_endpoints_come_from_the_catal
 
 
 def test_an_application_credential_builds_like_a_password(
-    nova_box: NovaBoxInfo, built: list[str]
+    nova_box: NovaBoxInfo, cleanup: list[str]
 ) -> None:
     driver = make_driver(nova_box, cloud=nova_box.appcred_cloud)
     name, owner = fresh()
     amphora_id = driver.build(name=name, owner=owner)
-    built.append(amphora_id)
+    cleanup.append(amphora_id)
     active(driver, amphora_id)
     assert [i.id for i in driver.find(owner=owner)] == [amphora_id]
     driver.close()
@@ -141,11 +104,11 @@ def test_a_token_revoked_mid_run_is_replaced_without_a_failed_call(
     nova_box: NovaBoxInfo,
     driver: NovaDriver,
     admin: openstack.connection.Connection,
-    built: list[str],
+    cleanup: list[str],
 ) -> None:
     name, owner = fresh()
     first = driver.build(name=name, owner=owner)
-    built.append(first)
+    cleanup.append(first)
     token = driver.connection.auth_token
     revoked = admin.identity.delete("/auth/tokens", headers={"X-Subject-Token": token})
     assert revoked.status_code == 204
@@ -154,18 +117,18 @@ def test_a_token_revoked_mid_run_is_replaced_without_a_failed_call(
     active(driver, first)  # Nova answers 401, keystoneauth fetches a new token, retries once
     name, owner = fresh()
     second = driver.build(name=name, owner=owner)
-    built.append(second)
+    cleanup.append(second)
     active(driver, second)
     assert driver.connection.auth_token != token
 
 
 def test_token_expiry_during_a_run_renews_the_token_without_a_failed_call(
-    nova_box: NovaBoxInfo, driver: NovaDriver, built: list[str]
+    nova_box: NovaBoxInfo, driver: NovaDriver, cleanup: list[str]
 ) -> None:
     """The box's tokens live 135 s; keystoneauth renews a token with less than 120 s left."""
     name, owner = fresh()
     first = driver.build(name=name, owner=owner)
-    built.append(first)
+    cleanup.append(first)
     token = driver.connection.auth_token
     session = driver.connection.session
     expires = session.auth.get_access(session).expires
@@ -177,7 +140,7 @@ def test_token_expiry_during_a_run_renews_the_token_without_a_failed_call(
         time.sleep(1)
     name, owner = fresh()
     second = driver.build(name=name, owner=owner)
-    built.append(second)
+    cleanup.append(second)
     active(driver, second)
     assert driver.connection.auth_token != token
 
@@ -186,7 +149,7 @@ def test_token_expiry_during_a_run_renews_the_token_without_a_failed_call(
 
 
 def test_images_by_id_by_name_and_by_tag_newest_first(
-    nova_box: NovaBoxInfo, admin: openstack.connection.Connection, built: list[str]
+    nova_box: NovaBoxInfo, admin: openstack.connection.Connection, cleanup: list[str]
 ) -> None:
     everyone = make_driver(nova_box)
     own = make_driver(nova_box, image_owner=nova_box.project_id)
@@ -203,7 +166,7 @@ def test_images_by_id_by_name_and_by_tag_newest_first(
     for driver, ref, expected in cases:
         name, owner = fresh()
         amphora_id = driver.build(name=name, owner=owner, image_id=ref)
-        built.append(amphora_id)
+        cleanup.append(amphora_id)
         assert admin.compute.get_server(amphora_id).image.id == expected, ref
     everyone.close()
     own.close()
@@ -232,7 +195,7 @@ def test_networks_and_security_groups_by_name_and_by_id(
     nova_box: NovaBoxInfo,
     driver: NovaDriver,
     admin: openstack.connection.Connection,
-    built: list[str],
+    cleanup: list[str],
 ) -> None:
     for network, group in (
         (nova_box.network_name, nova_box.security_group_name),
@@ -240,7 +203,7 @@ def test_networks_and_security_groups_by_name_and_by_id(
     ):
         name, owner = fresh()
         amphora_id = driver.build(name=name, owner=owner, network_ids=[network], sec_groups=[group])
-        built.append(amphora_id)
+        cleanup.append(amphora_id)
         active(driver, amphora_id)
         server = admin.compute.get_server(amphora_id)
         assert {g["name"] for g in server.security_groups or []} == {nova_box.security_group_name}
