@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import shutil
+import subprocess
 import threading
 import time
 import uuid
@@ -136,6 +139,10 @@ class Measurement:
     handler_buckets: dict[str, list[Bucket]] = field(default_factory=dict)
     #: Deleting all N afterwards until the last one was gone (None: not within the deadline).
     delete_seconds: float | None = None
+    #: CPU seconds (user + system) the operator process used from the first create until the
+    #: last Amphora was Ready: what the operator costs, less skewed by a shared machine than
+    #: throughput is.
+    cpu_seconds: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -565,10 +572,13 @@ def run_operator(
                 )
             if before_timed is not None:
                 before_timed()
+            profiler = _profile(operator, workdir)
+            cpu_before = _cpu_seconds(operator)
             handler_before, writes_before = operator.scrape()
             created, names, wall, timed_out, requests, own = _timed(
                 client, watch, ns, n=n, threads=threads, deadline=deadline, spec=spec, then=None
             )
+            cpu = _cpu_seconds(operator) - cpu_before
             handler_after, writes_after = operator.scrape()
             latencies = _latencies(watch, created, names)
             by_name = {
@@ -577,6 +587,9 @@ def run_operator(
             extra = inspect(watch, by_name) if inspect is not None else {}
             peak_rss = operator.peak_rss_bytes()
             delete_seconds = _delete_all(client, ns, deadline)
+            if profiler is not None:
+                profiler.send_signal(2)  # py-spy writes its samples on SIGINT
+                profiler.wait(60)
         return Measurement(
             scenario=scenario,
             n=n,
@@ -593,8 +606,34 @@ def run_operator(
             peak_rss_bytes=peak_rss,
             handler_buckets=_bucket_delta(handler_before, handler_after),
             delete_seconds=delete_seconds,
+            cpu_seconds=cpu,
             extra=extra,
         )
+
+
+def _cpu_seconds(operator: OperatorProcess) -> float:
+    """User + system CPU seconds the operator process has used so far."""
+    process = operator.process
+    if process is None:
+        raise ValueError("the operator was never started")
+    fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _profile(operator: OperatorProcess, workdir: Path) -> subprocess.Popen[bytes] | None:
+    """With ``BENCH_PYSPY=1`` (and py-spy on PATH), sample the operator from the timed part
+    through its deletions into ``<workdir>/<name>.pyspy.txt`` (collapsed stacks; for finding
+    where the time goes, not a result)."""
+    py_spy = shutil.which("py-spy")
+    process = operator.process
+    if not os.environ.get("BENCH_PYSPY") or py_spy is None or process is None:
+        return None
+    out = workdir / f"{operator.name}.pyspy.txt"
+    return subprocess.Popen(
+        [py_spy, "record", "--pid", str(process.pid), "--rate", "50", "--format", "raw",
+         "-o", str(out)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
 
 
 def _bucket_delta(

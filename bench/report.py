@@ -145,15 +145,15 @@ def _cost_table(results: Sequence[Measurement]) -> list[str]:
     lines = [
         "| N | run | API requests per Amphora (incl. its create) "
         "| sent by the operator, per Amphora | status writes per Amphora | operator peak RSS "
-        "| delete all N |",
-        "|---:|---|---:|---|---:|---:|---:|",
+        "| operator CPU per Amphora | delete all N |",
+        "|---:|---|---:|---|---:|---:|---:|---:|",
     ]
     for n, base, op in _pairs(results):
         if base is not None:
             writes = base.own_requests.get("PATCH amphorae/status", 0) / n
             lines.append(
                 f"| {n:,} | baseline | {_num(requests_per_amphora(base), 2)} | - | {writes:.2f} | "
-                f"- | {_num(base.delete_seconds or math.nan)} s |"
+                f"- | - | {_num(base.delete_seconds or math.nan)} s |"
             )
         floor = _floor(results, n)
         if floor is not None:
@@ -161,7 +161,7 @@ def _cost_table(results: Sequence[Measurement]) -> list[str]:
             rss = (floor.peak_rss_bytes or 0) / 2**20
             lines.append(
                 f"| {n:,} | floor | {_num(requests_per_amphora(floor), 2)} | - | {writes:.2f} | "
-                f"{rss:,.0f} MiB (floor) | {_num(floor.delete_seconds or math.nan)} s |"
+                f"{rss:,.0f} MiB (floor) | - | {_num(floor.delete_seconds or math.nan)} s |"
             )
         if op is not None:
             ops = operator_requests(op)
@@ -170,7 +170,7 @@ def _cost_table(results: Sequence[Measurement]) -> list[str]:
             lines.append(
                 f"| {n:,} | operator | {_num(requests_per_amphora(op), 2)} | "
                 f"{_num(sum(ops.values()) / n, 2)}: {_breakdown(ops, n)} | {writes:.2f} | "
-                f"{rss:,.0f} MiB | "
+                f"{rss:,.0f} MiB | {_cpu(op)} | "
                 + (
                     f"{_num(op.delete_seconds)} s |"
                     if op.delete_seconds is not None
@@ -178,6 +178,11 @@ def _cost_table(results: Sequence[Measurement]) -> list[str]:
                 )
             )
     return lines
+
+
+def _cpu(m: Measurement) -> str:
+    """Operator CPU time per Amphora, create → Ready (older results did not record it)."""
+    return "-" if m.cpu_seconds is None else f"{m.cpu_seconds / m.n * 1000:.1f} ms"
 
 
 def _handler_table(results: Sequence[Measurement]) -> list[str]:
@@ -296,6 +301,10 @@ def render_markdown(env: Environment, results: Sequence[Measurement]) -> str:
         " status patches and watch LISTs are subtracted to get the operator's share. Long-running"
         " WATCH requests are not counted. Nothing else in the cluster touches these resources.",
         "- Operator memory: `VmHWM` (peak resident set) of the operator process after the run.",
+        "- Operator CPU: user + system time of the operator process (`/proc/<pid>/stat`) from"
+        " the first create until the last Amphora was Ready, divided by N; less skewed by a"
+        " shared machine than throughput. `BENCH_PYSPY=1` also samples the operator with"
+        " py-spy into the work directory (for profiling; not a result).",
         "- Handler latency: `amphora_handler_seconds` from the operator's `/metrics` (delta over"
         " the run); quantiles are interpolated within histogram buckets like Prometheus'"
         " `histogram_quantile`, the share ≤ 200 ms is exact (200 ms is a bucket bound).",
