@@ -10,6 +10,7 @@ for failures and real transitions only, never on the way to Ready.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -217,6 +218,10 @@ class Reconciler:
                 observation = await observe(backend, uid, spec, status)
             except AmphoraComputeError as e:
                 failure = failure_of("observe", e)
+                if failure.reason == "CircuitOpen":  # when it is retried, without a countdown
+                    every = backend.breaker.settings.reset_timeout
+                    text = f"{failure.message}; one trial call every {every:g} s"
+                    failure = dataclasses.replace(failure, message=text)
                 new = plan_backend(status, failure, generation=generation, now=self.clock())
                 await self.write(body, new)
                 # No timer of its own: the poller's one probe per round wakes it.

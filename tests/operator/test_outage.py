@@ -72,8 +72,13 @@ async def test_settled_amphorae_show_an_outage_once_and_recover() -> None:
             shown = condition(gateway.objects[name]["status"], "BackendAvailable")
             assert shown["status"] == "False", name
             assert "next trial" not in shown["message"], shown
+            if shown["reason"] == "CircuitOpen":  # when it is retried: fixed, not a countdown
+                assert shown["message"].endswith("one trial call every 0.3 s"), shown
             if name != "newcomer":
                 assert gateway.objects[name]["status"]["phase"] == "Ready", "it still runs"
+        reasons = {condition(gateway.objects[n]["status"], "BackendAvailable")["reason"]
+                   for n in names}  # fmt: skip
+        assert "CircuitOpen" in reasons, reasons  # most looked after the breaker opened
         down["now"] = False
         await until(lambda: all(backend_available(gateway, n) == "True" for n in names))
         await until(lambda: gateway.objects["newcomer"]["status"]["phase"] == "Ready")
