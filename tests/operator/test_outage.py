@@ -17,9 +17,11 @@ from amphora_drivers import AmphoraComputeError, Reason
 from amphora_operator.backends import BackendPool
 from amphora_operator.config import BreakerConfig, OperatorConfig, ProfileConfig, ReconcileConfig
 from amphora_operator.metrics import Metrics
+from amphora_operator.model import FINALIZER
 from amphora_operator.runtime import Runtime
 
 from tests.operator.test_runtime import (
+    NS,
     SPEC,
     FakeGateway,
     condition,
@@ -185,3 +187,20 @@ def test_nova_over_limit_413_and_quota_403_are_quota_not_backend_failures() -> N
     )  # fmt: skip
     assert classify_status(403, "Quota exceeded for cores") == (Reason.QUOTA_EXCEEDED, True)
     assert classify_status(403, "Policy doesn't allow it") == (Reason.FORBIDDEN, False)
+
+
+@run_async
+async def test_no_finalizer_where_instances_follow_their_amphora_except_for_orphan() -> None:
+    runtime, gateway, driver = make_runtime()
+    # Stand-in for the Container driver's answer (its instances carry ownerReferences to the
+    # Amphora): the noop driver told that its platform deletes them with their owner.
+    driver.follows_owner = lambda owner: owner.namespace == NS  # type: ignore[method-assign]
+    runtime.observe("ADDED", gateway.create("a", SPEC))
+    await runtime.reconcile("uid-a")
+    assert gateway.objects["a"]["status"]["phase"] == "Ready"
+    assert gateway.finalizer_patches == ["remove a"], "one PATCH drops the admission's finalizer"
+    assert gateway.objects["a"]["metadata"]["finalizers"] == []
+    runtime.observe("MODIFIED", gateway.edit_spec("a", deletionPolicy="Orphan"))
+    await runtime.reconcile("uid-a")
+    assert gateway.finalizer_patches == ["remove a", "add a"], "Orphan needs the operator"
+    assert FINALIZER in gateway.objects["a"]["metadata"]["finalizers"]
