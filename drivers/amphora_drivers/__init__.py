@@ -26,6 +26,7 @@ from amphora_drivers.types import (
     AmphoraState,
     AmphoraType,
     BuildRequest,
+    OwnerResource,
     ServerGroup,
     ServerGroupPolicy,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "DeleteFailed",
     "InstanceNotFoundError",
     "NotSuspendedError",
+    "OwnerResource",
     "Reason",
     "ServerGroup",
     "ServerGroupPolicy",

@@ -43,6 +43,7 @@ from amphora_drivers.types import (
     AmphoraState,
     AmphoraType,
     BuildRequest,
+    OwnerResource,
     ServerGroup,
 )
 
@@ -228,6 +229,12 @@ class AmphoraComputeDriver(abc.ABC):
         The default accepts everything the generic rules accepted. Raise AmphoraBuildError with
         reason InvalidInput (or a more specific one) and ``field`` set.
         """
+
+    def follows_owner(self, owner: OwnerResource) -> bool:
+        """Whether instances built with ``owner_resource=owner`` are deleted by the platform
+        itself once that owner is gone (the caller then needs no clean-up step of its own).
+        The default: no, the caller must delete them."""
+        return False
 
     def check_supported(self, amphora_type: AmphoraType) -> None:
         """Raise NotImplementedError for a type this driver does not build."""

@@ -126,16 +126,16 @@ def invalid(field: str, message: str) -> AmphoraBuildError:
 def classify_status(status: int | None, message: str = "") -> tuple[Reason, bool]:
     """(reason, retryable) for an HTTP answer of any backend API; ``message`` is its text.
 
-    No answer at all (``None`` or 0) is an unavailable backend. A 403 or 413 that speaks of a
-    quota is a quota (it may clear); any other 403 and a 401 are terminal until the
-    credentials or grants change.
+    No answer at all (``None`` or 0) is an unavailable backend. A 413 (Nova's over-limit) and
+    a 403 that speaks of a quota are a quota (one tenant's, it may clear: never a breaker
+    failure); any other 403 and a 401 are terminal until the credentials or grants change.
     """
     quota = "quota" in message.lower()
     if not status:
         return Reason.BACKEND_UNAVAILABLE, True
     if status == 401:
         return Reason.UNAUTHORIZED, False
-    if status in (403, 413) and quota:
+    if (status == 403 and quota) or status == 413:  # Nova's 413 is an over-limit (quota)
         return Reason.QUOTA_EXCEEDED, True
     if status == 403:
         return Reason.FORBIDDEN, False

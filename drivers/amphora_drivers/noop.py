@@ -35,6 +35,7 @@ from pydantic import BaseModel
 from amphora_drivers.base import AmphoraComputeDriver
 from amphora_drivers.exceptions import (
     AmphoraBuildError,
+    AmphoraComputeError,
     DeleteFailed,
     InstanceNotFoundError,
     NotSuspendedError,
@@ -171,6 +172,7 @@ class NoopDriver(AmphoraComputeDriver):
         on_call: Callable[[str, Mapping[str, Any]], None] | None = None,
         clock: Callable[[], float] = time.time,
         record_calls: bool = False,
+        outage_file: str | os.PathLike[str] | None = None,
     ) -> None:
         """Configure the simulation.
 
@@ -185,6 +187,8 @@ class NoopDriver(AmphoraComputeDriver):
         :param clock: wall-clock source in seconds (injectable for tests).
         :param record_calls: keep every call in :attr:`calls` (off by default, so that a
             long-running benchmark's backend does not grow with use).
+        :param outage_file: while this file exists, every call fails with BackendUnavailable
+            (a simulated outage that another process, e.g. a test, switches on and off).
         """
         self.build_seconds = float(build_seconds)
         self.build_fault = build_fault or None
@@ -197,6 +201,7 @@ class NoopDriver(AmphoraComputeDriver):
         self.record_calls = record_calls
         self._calls: list[NoopCall] = []
         self._calls_lock = threading.Lock()
+        self.outage_file = Path(outage_file) if outage_file else None
 
     @property
     def calls(self) -> list[NoopCall]:
@@ -212,6 +217,12 @@ class NoopDriver(AmphoraComputeDriver):
             time.sleep(self.call_latency)
         if self.on_call is not None:
             self.on_call(method, arguments)
+        if self.outage_file is not None and self.outage_file.exists():
+            raise AmphoraComputeError(
+                f"simulated outage ({self.outage_file} exists)",
+                reason=Reason.BACKEND_UNAVAILABLE,
+                retryable=True,
+            )
 
     # -- interface ------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ __all__ = [
     "AmphoraState",
     "AmphoraType",
     "BuildRequest",
+    "OwnerResource",
     "ServerGroup",
     "ServerGroupPolicy",
     "validate_ssh_public_key",
@@ -90,6 +91,22 @@ class ServerGroup(BaseModel):
     policy: ServerGroupPolicy = ServerGroupPolicy.ANTI_AFFINITY
 
 
+class OwnerResource(BaseModel):
+    """The caller's resource an instance belongs to, as opaque words (the interface does not
+    interpret them). A driver whose platform can delete an instance together with its owner
+    (see :meth:`~amphora_drivers.base.AmphoraComputeDriver.follows_owner`) links the two;
+    any other driver ignores it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    api_version: Annotated[str, Field(min_length=1, max_length=253)]
+    kind: Annotated[str, Field(min_length=1, max_length=63)]
+    name: Annotated[str, Field(min_length=1, max_length=253)]
+    uid: Annotated[str, Field(min_length=1, max_length=64)]
+    #: Where the owner lives (a scope of the caller's own, e.g. a tenant); None: nowhere.
+    namespace: Annotated[str, Field(min_length=1, max_length=63)] | None = None
+
+
 def validate_ssh_public_key(key: str) -> str:
     """Return ``key`` stripped if it is an OpenSSH public key line, else raise ValueError.
 
@@ -133,6 +150,8 @@ class BuildRequest(BaseModel):
     Field names follow the seed spec (``amphora_flavor``, ``image_id``, ``sec_groups``...).
     ``owner`` is the caller's unique key (the Amphora resource UID): drivers store it on the
     instance so that a crashed caller finds the instance again instead of building twice.
+    ``owner_resource`` optionally names the resource itself, for drivers that can tie the
+    instance's lifetime to it.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
@@ -152,6 +171,7 @@ class BuildRequest(BaseModel):
     tags: tuple[str, ...] = ()
     availability_zone: Annotated[str, Field(min_length=1, max_length=255)] | None = None
     server_group: ServerGroup | None = None
+    owner_resource: OwnerResource | None = None
 
     @field_validator("keys", mode="before")
     @classmethod

@@ -67,6 +67,15 @@ class ReconcileConfig(_Config):
             "checks start at once and back off from poll_interval).",
         ),
     ] = 2.0
+    forbidden_release_after: Annotated[
+        float,
+        Field(
+            ge=0,
+            description="Seconds a deletion the backend keeps refusing with 403 Forbidden (RBAC "
+            "removed, namespace terminating) waits before the finalizer is released anyway; "
+            "an Event names the instances that may be left.",
+        ),
+    ] = 300.0
     stall_after: Annotated[
         int,
         Field(

@@ -16,6 +16,7 @@ from amphora_drivers import (
     AmphoraComputeError,
     AmphoraType,
     BuildRequest,
+    OwnerResource,
     Reason,
     ServerGroup,
 )
@@ -24,7 +25,7 @@ from pydantic import ValidationError
 
 from amphora_operator.backends import Backend
 from amphora_operator.kube import Gateway, SecretNotFound
-from amphora_operator.model import AmphoraSpec, AmphoraStatus
+from amphora_operator.model import API_VERSION, KIND, AmphoraSpec, AmphoraStatus, DeletionPolicy
 from amphora_operator.planner import (
     Action,
     Build,
@@ -36,7 +37,7 @@ from amphora_operator.planner import (
     owner_key,
 )
 
-__all__ = ["Effects", "failure_of", "spec_field_path"]
+__all__ = ["Effects", "failure_of", "owner_resource", "spec_field_path"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,14 @@ _SPEC_FIELDS = {
 }
 #: The breaker's countdown would change the message every second: status never carries it.
 _COUNTDOWN = re.compile(r";? *next trial in \d+ s")
+
+
+def owner_resource(meta: dict[str, Any]) -> OwnerResource:
+    """The Amphora as its instances' owner, for drivers that can tie their lifetime to it."""
+    return OwnerResource(
+        api_version=API_VERSION, kind=KIND, name=meta["name"], uid=meta["uid"],
+        namespace=meta["namespace"],
+    )  # fmt: skip
 
 
 def spec_field_path(driver_field: str | None) -> str:
@@ -176,6 +185,11 @@ class Effects:
             config_drive_files=files,
             user_data=user_data,
             owner=owner_key(uid, revision),
+            # Only where deleting the Amphora must delete the instance: a platform that ties
+            # lifetimes would otherwise take an Orphan's instance with it.
+            owner_resource=(
+                owner_resource(meta) if spec.deletion_policy is DeletionPolicy.DELETE else None
+            ),
             tags=tuple(spec.tags),
             availability_zone=spec.availability_zone,
             server_group=(

@@ -3,6 +3,9 @@
 A pass deletes, then looks again at once, so a backend that deletes quickly releases the
 Amphora in the same pass; otherwise the runtime looks again after a short, growing delay (no
 fixed wait). While it waits, status says why and how to escape (``deletionPolicy: Orphan``).
+A deletion the backend refuses with 403 Forbidden (RBAC removed, namespace terminating) is
+released after ``forbidden_release_after`` with a Warning Event, so it never blocks a
+namespace for ever.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from amphora_drivers import AmphoraComputeError, UnknownDriverError
+from amphora_drivers import AmphoraComputeError, Reason, UnknownDriverError
 from pydantic import ValidationError
 
 from amphora_operator.backends import Backend, BackendPool, UnknownProfileError
@@ -43,6 +46,8 @@ class Finalizer:
         self.gateway = gateway
         self.reconciler = reconciler
         self.clock = clock
+        #: When a deletion was first refused with 403, per uid (cleared once it passes).
+        self._refused_since: dict[str, datetime] = {}
 
     def _backend(self, body: dict[str, Any], spec: AmphoraSpec | None) -> Backend:
         """The spec's profile; for a spec that no longer validates, the one status recorded."""
@@ -95,6 +100,8 @@ class Finalizer:
                 log.warning("Orphan: leftover instances not deleted", exc_info=True)
                 return None, Outcome()
             failure = failure_of("delete", e)
+            if failure.reason == Reason.FORBIDDEN:
+                return await self._forbidden(body, status, failure.message)
             return await self._wait(body, status, failure.reason, failure.message, None)
         except Exception as e:  # the driver could not even start (credentials gone...)
             if orphan:
@@ -107,6 +114,7 @@ class Finalizer:
                 body, "Normal", "Orphaned",
                 f"instance {status.compute_id} left running (deletionPolicy Orphan)",
             )  # fmt: skip
+        self._refused_since.pop(uid, None)
         if not present:
             return None, Outcome()
         interest = Interest(
@@ -118,6 +126,28 @@ class Finalizer:
             body, status, "Deleting",
             f"waiting for the backend to confirm {', '.join(present)} gone", interest,
         )  # fmt: skip
+
+    async def _forbidden(
+        self, body: dict[str, Any], status: AmphoraStatus, message: str
+    ) -> tuple[str | None, Outcome]:
+        """A 403 no retry of ours fixes (the grant is gone, or the namespace is terminating):
+        shown as reason Forbidden, then released after ``forbidden_release_after`` so that a
+        namespace never hangs on it (its container instances follow their ownerReferences)."""
+        uid = body["metadata"]["uid"]
+        since = self._refused_since.setdefault(uid, self.clock())
+        limit = self.config.reconcile.forbidden_release_after
+        if (self.clock() - since).total_seconds() >= limit:
+            self._refused_since.pop(uid, None)
+            left = [i for i in (status.compute_id, *status.retired) if i]
+            log.warning("deletion forbidden; finalizer released", extra={"uid": uid})
+            self.gateway.post_event(
+                body, "Warning", "ReleasedForbidden",
+                f"the backend refused deletion (403 Forbidden) for {limit:g} s; released "
+                f"without confirming {', '.join(left) or 'nothing'} gone",
+            )  # fmt: skip
+            return None, Outcome()
+        text = f"{message}; the finalizer is released {limit:g} s after the first refusal"
+        return await self._wait(body, status, Reason.FORBIDDEN, text, None)
 
     async def _wait(
         self,

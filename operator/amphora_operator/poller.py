@@ -3,11 +3,13 @@
 Each round asks every backend, concurrently and each under its own timeout, only about the
 instances of Amphorae still moving (building, updating, deleting, retiring): by id when they
 are few, with one listing when they are many. Every ``resync_interval`` (with jitter) a full
-listing of each backend checks every Amphora for drift. A backend that fails marks its
-Amphorae dirty once when it goes down and once when it comes back, never every round, so an
-outage costs a bounded number of status writes; Amphorae whose own lookups failed wait for the
-one probe per round (a listing) instead of retrying each on its own. Nothing a backend
-returns can break a round.
+listing of each backend checks every Amphora for drift. These calls are the backend's health
+probe, one per round per backend: a backend that fails marks *every* Amphora it serves dirty
+(settled ones included, so each shows BackendAvailable=False), once when it goes down, once
+when its failure changes kind and once when it comes back, never every round, so an outage
+costs a bounded number of status writes; Amphorae whose own lookups failed wait for the one
+probe per round (a listing) instead of retrying each on its own. A backend nobody waits on is
+probed at the next resync. Nothing a backend returns can break a round.
 """
 
 from __future__ import annotations
@@ -112,12 +114,22 @@ class Poller:
                     "backend poll failed",
                     extra={"profile": backend.profile, "error": type(e).__name__},
                 )
-                for uid in items:
-                    self.queue.mark(uid)
+                self._mark_all(backend)
             return
-        recovered = self._down.pop(key, None) is not None
+        if self._down.pop(key, None) is not None:
+            log.info("backend answers again", extra={"profile": backend.profile})
+            self._mark_all(backend)
+            return
         for uid, interest in items.items():
-            if recovered or interest.waiting or interest.changed(found):
+            if interest.waiting or interest.changed(found):
+                self.queue.mark(uid)
+
+    def _mark_all(self, backend: Backend) -> None:
+        """Wake every Amphora of ``backend``, settled ones too: an outage (or its end) is news
+        to all of them, not only to those the round asked about. Only when the backend's state
+        changes, so a long outage costs each Amphora a bounded number of reconciles."""
+        for uid, interest in list(self.interests.items()):
+            if interest.backend is backend:
                 self.queue.mark(uid)
 
     async def _look(

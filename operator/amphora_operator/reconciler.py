@@ -10,6 +10,7 @@ for failures and real transitions only, never on the way to Ready.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,10 +23,17 @@ from pydantic import ValidationError
 
 from amphora_operator.backends import Backend, BackendPool, UnknownProfileError
 from amphora_operator.config import OperatorConfig
-from amphora_operator.effects import Effects, failure_of
+from amphora_operator.effects import Effects, failure_of, owner_resource
 from amphora_operator.kube import Gateway
 from amphora_operator.metrics import Metrics
-from amphora_operator.model import FINALIZER, AmphoraSpec, AmphoraStatus, Phase
+from amphora_operator.model import (
+    FINALIZER,
+    AmphoraSpec,
+    AmphoraStatus,
+    DeletionPolicy,
+    ManagementPolicy,
+    Phase,
+)
 from amphora_operator.planner import (
     Build,
     Failure,
@@ -215,6 +223,10 @@ class Reconciler:
                 observation = await observe(backend, uid, spec, status)
             except AmphoraComputeError as e:
                 failure = failure_of("observe", e)
+                if failure.reason == "CircuitOpen":  # when it is retried, without a countdown
+                    every = backend.breaker.settings.reset_timeout
+                    text = f"{failure.message}; one trial call every {every:g} s"
+                    failure = dataclasses.replace(failure, message=text)
                 new = plan_backend(status, failure, generation=generation, now=self.clock())
                 await self.write(body, new)
                 # No timer of its own: the poller's one probe per round wakes it.
@@ -255,6 +267,7 @@ class Reconciler:
             status = new
             break
         assert observation is not None
+        await self._settle_finalizer(body, spec, backend, status)
         moving = status.phase in _MOVING or bool(status.retired) or status.replacement is not None
         requeue = self._retry_in(status)
         if moving and (status.compute_id is None or _owner_only(status)):
@@ -264,6 +277,40 @@ class Reconciler:
             requeue_after=requeue,
             interest=Interest(backend, _seen(status, observation), moving=moving),
         )
+
+    async def _settle_finalizer(
+        self, body: dict[str, Any], spec: AmphoraSpec, backend: Backend, status: AmphoraStatus
+    ) -> None:
+        """Hold our finalizer only where deletion needs the operator. A backend whose platform
+        deletes the instances with their Amphora (Container instances carry ownerReferences
+        to it) needs none for deletionPolicy Delete: a namespace deletion then completes
+        without the operator. Orphan (and anything else) keeps it, to release the instance."""
+        meta = (self.store.get(body["metadata"]["uid"]) or body)["metadata"]
+        finalizers = list(meta.get("finalizers") or [])
+        cascades = (
+            spec.management_policy is ManagementPolicy.MANAGED
+            and spec.deletion_policy is DeletionPolicy.DELETE
+            and status.compute_id is not None
+            and backend.driver.follows_owner(owner_resource(meta))
+        )
+        if meta.get("deletionTimestamp"):
+            return
+        if not cascades:
+            if FINALIZER not in finalizers and status.compute_id is not None:
+                await self._ensure_finalizer({"metadata": meta})
+            return
+        if FINALIZER not in finalizers:
+            return
+        updated = await self.gateway.remove_finalizer(
+            meta["namespace"], meta["name"], meta["resourceVersion"],
+            [f for f in finalizers if f != FINALIZER],
+        )  # fmt: skip
+        if updated is not None:
+            self.store.update(updated)
+            log.info(
+                "finalizer not needed: instances follow their Amphora",
+                extra={"amphora": f"{meta['namespace']}/{meta['name']}"},
+            )
 
     async def _ensure_finalizer(self, body: dict[str, Any]) -> bool:
         """Our finalizer is on the object before anything can belong to it. Admission adds it

@@ -123,12 +123,6 @@ def everything(**kw: object) -> list[Fault]:
 
 
 @pytest.mark.nova
-@pytest.mark.xfail(
-    reason="known gap (issue 16, open): since the runtime rebuild the poller asks a backend only "
-    "about moving Amphorae, so during an outage Ready Amphorae keep BackendAvailable=True until "
-    "the next successful listing; the outage must be shown on every Amphora of the backend once",
-    strict=False,
-)
 def test_nova_5xx_429_and_timeouts_open_the_breaker_and_recover(
     launch: Launch,
     steps: Steps,

@@ -40,6 +40,7 @@ from amphora_drivers.container.manifests import (
     PodSecurity,
     build_manifests,
     owner_label,
+    owner_reference,
     selector,
 )
 from amphora_drivers.container.observe import (
@@ -60,7 +61,7 @@ from amphora_drivers.exceptions import (
     Reason,
     invalid,
 )
-from amphora_drivers.types import AmphoraInstance, AmphoraType, BuildRequest
+from amphora_drivers.types import AmphoraInstance, AmphoraType, BuildRequest, OwnerResource
 
 LOG = logging.getLogger(__name__)
 
@@ -146,6 +147,13 @@ class ContainerDriver(AmphoraComputeDriver):
         self._networking = k8s.NetworkingV1Api(self.api_client)
         #: "name: problem" of the StatefulSets the last find() skipped as malformed.
         self.skipped: tuple[str, ...] = ()
+
+    def follows_owner(self, owner: OwnerResource) -> bool:
+        """Yes for an owner in this namespace: every object of its amphorae carries an
+        ownerReference to it, so Kubernetes deletes them with it (a namespace deletion needs
+        no operator). An owner elsewhere cannot be referenced (ownerReferences are
+        namespace-local): the caller deletes those amphorae itself."""
+        return owner.namespace == self.namespace
 
     def close(self) -> None:
         """Close the API client if the driver created it."""
@@ -241,6 +249,10 @@ class ContainerDriver(AmphoraComputeDriver):
         flavor_name = request.amphora_flavor or self.default_flavor
         flavor = self._flavor(flavor_name)
         amphora_id = str(uuid.uuid4())
+        owner = request.owner_resource
+        owner_ref = (
+            owner_reference(owner) if owner is not None and self.follows_owner(owner) else None
+        )
         manifests = build_manifests(
             request,
             amphora_id=amphora_id,
@@ -249,11 +261,12 @@ class ContainerDriver(AmphoraComputeDriver):
             authorized_keys_path=self.authorized_keys_path,
             user_data_path=self.user_data_path,
             options=self.pod_options,
+            owner_reference=owner_ref,
         )
         for kind, child in manifests.children:
             self._create_child(kind, child, request.owner)
         workload = self._create_workload(manifests.workload, request.owner)
-        self._own_children(workload, manifests.children)
+        self._own_children(workload, manifests.children, owner_ref)
         built_id: str = workload["metadata"]["labels"][LABEL_ID]
         LOG.info(
             "amphora %s: StatefulSet %s/%s created (flavor %s)",
@@ -340,9 +353,13 @@ class ContainerDriver(AmphoraComputeDriver):
         return existing  # a concurrent build with the same owner won the race
 
     def _own_children(
-        self, workload: Mapping[str, Any], children: Sequence[tuple[str, Mapping[str, Any]]]
+        self,
+        workload: Mapping[str, Any],
+        children: Sequence[tuple[str, Mapping[str, Any]]],
+        owner_ref: Mapping[str, Any] | None,
     ) -> None:
-        """Make the StatefulSet the children's owner, so garbage collection follows it.
+        """Make the StatefulSet the children's controller, so garbage collection follows it
+        (beside the owner resource's reference, which they carry from their creation).
 
         Best effort: the amphora exists already, and delete() removes children by label too.
         """
@@ -354,7 +371,8 @@ class ContainerDriver(AmphoraComputeDriver):
             "controller": True,
             "blockOwnerDeletion": True,
         }
-        patch = {"metadata": {"ownerReferences": [reference]}}
+        references = [reference] if owner_ref is None else [dict(owner_ref), reference]
+        patch = {"metadata": {"ownerReferences": references}}
         for kind, child in children:
             name = child["metadata"]["name"]
             method = (

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from kubernetes.utils import parse_quantity as _untyped_parse_quantity
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from amphora_drivers.types import BuildRequest, ServerGroup, ServerGroupPolicy
+from amphora_drivers.types import BuildRequest, OwnerResource, ServerGroup, ServerGroupPolicy
 
 #: The client's quantity parser ("250m", "1Gi" → Decimal), typed.
 _parse_quantity: Callable[[str], Decimal] = _untyped_parse_quantity
@@ -229,6 +229,20 @@ def workload_name(name: str) -> str:
     return f"{name[: MAX_WORKLOAD_NAME - 9].rstrip('-')}-{digest}"
 
 
+def owner_reference(owner: OwnerResource) -> dict[str, Any]:
+    """The ownerReference to the request's owner resource. Neither the controller reference
+    (children keep theirs to the StatefulSet) nor a blocking one: deleting the owner never
+    waits for the amphora's objects, and needs no grant on the owner's finalizers."""
+    return {
+        "apiVersion": owner.api_version,
+        "kind": owner.kind,
+        "name": owner.name,
+        "uid": owner.uid,
+        "controller": False,
+        "blockOwnerDeletion": False,
+    }
+
+
 def owner_label(owner: str) -> str:
     """A label value for ``owner``; owners may start or end with '-', label values may not."""
     return owner if LABEL_VALUE.match(owner) else f"x{owner}x"
@@ -267,8 +281,12 @@ def build_manifests(
     authorized_keys_path: str,
     user_data_path: str,
     options: PodOptions,
+    owner_reference: Mapping[str, Any] | None = None,
 ) -> Manifests:
-    """Translate one build request into Kubernetes objects; no API calls."""
+    """Translate one build request into Kubernetes objects; no API calls.
+
+    ``owner_reference`` (the request's owner resource, when it lives in this namespace) goes
+    on every object, so Kubernetes' garbage collector deletes them with their owner."""
     base = workload_name(request.name)
     labels = {
         LABEL_MANAGED_BY: MANAGED_BY,
@@ -282,7 +300,12 @@ def build_manifests(
         annotations[ANNOTATION_OWNER] = request.owner
 
     def meta(name: str, **extra: str) -> dict[str, Any]:
-        return {"name": name, "labels": dict(labels), "annotations": {**annotations, **extra}}
+        metadata: dict[str, Any] = {
+            "name": name, "labels": dict(labels), "annotations": {**annotations, **extra},
+        }  # fmt: skip
+        if owner_reference is not None:
+            metadata["ownerReferences"] = [dict(owner_reference)]
+        return metadata
 
     secrets: list[dict[str, Any]] = []
     volumes: list[dict[str, Any]] = []
