@@ -185,7 +185,7 @@ class NovaBox:
     def _start_cloud(self, cloud_venv: Path, deadline: float, started: float) -> None:
         keystone_port = free_port()
         keystone_url = f"http://127.0.0.1:{keystone_port}/v3"
-        admin_password = secrets.token_urlsafe(12)
+        admin_password = secrets.token_hex(12)  # hex: a leading "-" would read as an option
         python = str(cloud_venv / "bin" / "python")
         self._spawn(
             "keystone",
@@ -226,7 +226,7 @@ class NovaBox:
         self.identity = cloud_setup.register(
             keystone_url,
             admin_password,
-            secrets.token_urlsafe(12),
+            secrets.token_hex(12),
             {
                 "compute": f"http://127.0.0.1:{nova['keystone_port']}/v2.1",
                 "image": f"http://127.0.0.1:{glance['port']}",

@@ -192,8 +192,10 @@ class Reconciler:
                                            generation=generation, now=self.clock()))  # fmt: skip
             return Outcome()
         # Before anything may come to belong to it (a build, an adopted import, a build the
-        # backend reports later): without our finalizer a DELETE would leak it.
-        if not await self._ensure_finalizer(body):
+        # backend reports later): without our finalizer a DELETE would leak it. Once it owns
+        # an instance, _settle_finalizer decides (instances that follow their Amphora by
+        # ownerReference need none).
+        if status.compute_id is None and not await self._ensure_finalizer(body):
             return Outcome(requeue_after=0.0)  # changed or being deleted: look again
         body = self.store.get(uid) or body
         try:
