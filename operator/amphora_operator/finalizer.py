@@ -7,17 +7,19 @@ fixed wait). While it waits, status says why and how to escape (``deletionPolicy
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from amphora_drivers import AmphoraComputeError, UnknownDriverError
+from amphora_drivers import AmphoraComputeError, AmphoraInstance, UnknownDriverError
 from pydantic import ValidationError
 
 from amphora_operator.backends import Backend, BackendPool, UnknownProfileError
 from amphora_operator.config import OperatorConfig
 from amphora_operator.effects import failure_of
+from amphora_operator.garbage import uid_of
 from amphora_operator.kube import Gateway
 from amphora_operator.model import FINALIZER, AmphoraSpec, AmphoraStatus, DeletionPolicy
 from amphora_operator.planner import Observation, plan_deletion, plan_deletion_wait
@@ -37,12 +39,16 @@ class Finalizer:
         gateway: Gateway,
         reconciler: Reconciler,
         clock: Callable[[], datetime],
+        spare: Callable[[Backend, str], None] = lambda backend, amphora_id: None,
     ) -> None:
+        """``spare`` is told of instances left by Orphan whose release failed, so that garbage
+        collection never takes them and finishes their release (:mod:`.collector`)."""
         self.config = config
         self.backends = backends
         self.gateway = gateway
         self.reconciler = reconciler
         self.clock = clock
+        self.spare = spare
 
     def _backend(self, body: dict[str, Any], spec: AmphoraSpec | None) -> Backend:
         """The spec's profile; for a spec that no longer validates, the one status recorded."""
@@ -66,8 +72,13 @@ class Finalizer:
         if spec is None and not owns:
             return None, Outcome()  # it never passed validation, so nothing was built
         if spec is not None and spec.management_policy.value == "ObserveOnly":
+            if status.compute_id:  # left as it is, but never collected if we built it
+                with contextlib.suppress(Exception):
+                    kept = self._backend(body, spec)
+                    await self._release(kept, uid, await kept.by_id(status.compute_id))
             return None, Outcome()
         orphan = spec is not None and spec.deletion_policy is DeletionPolicy.ORPHAN
+        backend: Backend | None = None
         try:
             backend = self._backend(body, spec)
             observation = (
@@ -93,6 +104,8 @@ class Finalizer:
         except AmphoraComputeError as e:
             if orphan:  # best effort: Orphan never waits for the backend
                 log.warning("Orphan: leftover instances not deleted", exc_info=True)
+                if backend is not None and status.compute_id:
+                    self.spare(backend, status.compute_id)  # released once it answers
                 return None, Outcome()
             failure = failure_of("delete", e)
             return await self._wait(body, status, failure.reason, failure.message, None)
@@ -102,6 +115,8 @@ class Finalizer:
             return await self._wait(
                 body, status, "DriverUnavailable", f"{type(e).__name__}: {e}", None
             )
+        if orphan and backend is not None:
+            await self._release(backend, uid, observation.current)
         if orphan and status.compute_id:
             self.gateway.post_event(
                 body, "Normal", "Orphaned",
@@ -118,6 +133,17 @@ class Finalizer:
             body, status, "Deleting",
             f"waiting for the backend to confirm {', '.join(present)} gone", interest,
         )  # fmt: skip
+
+    async def _release(self, backend: Backend, uid: str, instance: AmphoraInstance | None) -> None:
+        """Drop our owner mark from an instance left running, so that garbage collection
+        never takes it; on failure the collector retries (an Orphan never waits)."""
+        if instance is None or uid_of(instance.owner) != uid.replace("-", ""):
+            return  # gone, imported, or released already
+        try:
+            await backend.release(instance.id)
+        except Exception:
+            log.warning("release of an orphaned instance deferred", exc_info=True)
+            self.spare(backend, instance.id)
 
     async def _wait(
         self,

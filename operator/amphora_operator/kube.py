@@ -117,14 +117,15 @@ class KubeGateway:
         return base64.b64decode(data[key])
 
     def post_event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
-        """Record a core/v1 Event on the Amphora (best effort: failures are logged only)."""
+        """Record a core/v1 Event on the Amphora, or on the object ``body`` names with its
+        ``apiVersion`` and ``kind`` (best effort: failures are logged only)."""
         meta = body.get("metadata", {})
         now = datetime.now(UTC)
         event = client.CoreV1Event(
             metadata=client.V1ObjectMeta(generate_name=f"{meta.get('name', 'amphora')}."),
             involved_object=client.V1ObjectReference(
-                api_version=f"{GROUP}/{VERSION}",
-                kind="Amphora",
+                api_version=body.get("apiVersion", f"{GROUP}/{VERSION}"),
+                kind=body.get("kind", "Amphora"),
                 name=meta.get("name"),
                 namespace=meta.get("namespace"),
                 uid=meta.get("uid"),
