@@ -1,8 +1,10 @@
 """Garbage collection: delete managed instances no Amphora claims, as the leader.
 
 Every resync interval (with jitter) each backend in use is listed, then the claims of every
-known Amphora are read from the cache, and :func:`~.garbage.plan_collection` decides; this
-module only performs. Deletes go through the backend's fence (``may_act``), so a replica that
+known Amphora are read from the cache, and :func:`~.garbage.plan_collection` decides; what it
+would delete is confirmed against a fresh list of Amphorae from the apiserver (so an empty or
+stale cache, after a start or during a watch outage, never costs an instance). This module only
+performs. Deletes go through the backend's fence (``may_act``), so a replica that
 lost the lease collects nothing. Each collected instance gets a Warning Event (on its Amphora
 when that still exists, else on the namespace it lived in, else on the operator's own), a
 count in ``amphora_orphans_collected_total`` and one log line (ids and reasons only).
@@ -128,12 +130,32 @@ class Collector:
         )
         self._first_seen[key] = result.first_seen
         self.metrics.orphans_pending.labels(backend.profile).set(len(result.first_seen))
+        orphans = await self._confirm(result.collect, bodies) if result.collect else []
         deleted = 0
-        for orphan in result.collect:
+        for orphan in orphans:
             if await self._collect(backend, namespace, orphan):
                 deleted += 1
         owners = {u for i in listing if (u := uid_of(i.owner)) is not None}
         return deleted, owners | set(claims)
+
+    async def _confirm(self, orphans: list[Orphan], cached: list[dict[str, Any]]) -> list[Orphan]:
+        """The orphans that the apiserver's own list of Amphorae confirms (read after the
+        backend's listing). The cache alone could be empty or behind: right after a start,
+        or while the watch cannot reach the apiserver. No answer, no deletion."""
+        try:
+            listed = await self.gateway.list_amphorae()
+        except Exception as e:
+            log.warning("orphans not confirmed", extra={"error": type(e).__name__})
+            return []
+        again = plan_collection(
+            instances=[o.instance for o in orphans],
+            claims=claims_of([*listed, *cached]),
+            first_seen={},
+            now=0.0,
+            grace=0.0,
+            spared=self._releases,
+        )
+        return again.collect
 
     async def _collect(self, backend: Backend, namespace: str | None, orphan: Orphan) -> bool:
         instance = orphan.instance

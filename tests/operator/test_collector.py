@@ -9,10 +9,46 @@ from typing import Any
 
 from amphora_drivers import AmphoraComputeError, BuildRequest, Reason
 from amphora_drivers.noop import NoopDriver
+from amphora_operator.backends import BackendPool
+from amphora_operator.config import BreakerConfig, OperatorConfig, ProfileConfig, ReconcileConfig
+from amphora_operator.metrics import Metrics
 from amphora_operator.planner import owner_key
 from amphora_operator.runtime import Runtime
 
-from tests.operator.test_runtime import SPEC, FakeGateway, make_runtime, run_async, settle
+from tests.operator.test_runtime import NS, SPEC, FakeGateway, run_async, settle
+
+
+class ListingGateway(FakeGateway):
+    """The MOCK apiserver of test_runtime, also answering the collector's list of Amphorae."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lists = 0
+
+    async def list_amphorae(self) -> list[dict[str, Any]]:
+        self.lists += 1
+        return [dict(o) for o in self.objects.values()]
+
+
+def runtime_with(
+    *, options: dict[str, Any] | None = None, **reconcile: Any
+) -> tuple[Runtime, ListingGateway, NoopDriver]:
+    """As test_runtime's make_runtime, with the listing gateway."""
+    config = OperatorConfig(
+        profiles={"noop": ProfileConfig(driver="noop", options=dict(options or {}),
+                                        breaker=BreakerConfig(failure_threshold=3,
+                                                              reset_timeout=0.3))},
+        defaults={"VM": "noop", "BareMetal": "noop", "Container": "noop"},
+        reconcile=ReconcileConfig(
+            **{"poll_interval": 0.05, "retry_base": 0.2, "retry_max": 1.0, **reconcile}
+        ),
+    )  # fmt: skip
+    gateway = ListingGateway()
+    pool = BackendPool(config, Metrics())
+    runtime = Runtime(config=config, backends=pool, gateway=gateway, metrics=Metrics())
+    driver = pool.get("noop", NS).driver
+    assert isinstance(driver, NoopDriver)
+    return runtime, gateway, driver
 
 
 class Clock:
@@ -48,14 +84,15 @@ def collected(runtime: Runtime) -> float:
 
 @run_async
 async def test_an_instance_left_by_a_vanished_amphora_is_collected_after_the_grace_period() -> None:
-    runtime, gateway, driver = make_runtime()
+    runtime, gateway, driver = runtime_with()
     clock = collector_of(runtime, grace=60.0)
     uid = create(runtime, gateway, "a")
     await runtime.reconcile(uid)
     compute_id = gateway.objects["a"]["status"]["computeId"]
     assert await runtime.collector.sweep() == 0, "claimed"
     # Deleted without our clean-up (say the finalizer was removed by hand).
-    runtime.observe("DELETED", {"metadata": {**gateway.objects["a"]["metadata"], "finalizers": []}})
+    gone = gateway.objects.pop("a")
+    runtime.observe("DELETED", {"metadata": {**gone["metadata"], "finalizers": []}})
     assert await runtime.collector.sweep() == 0
     clock.now += 59.0
     assert await runtime.collector.sweep() == 0, "still within the grace period"
@@ -68,8 +105,23 @@ async def test_an_instance_left_by_a_vanished_amphora_is_collected_after_the_gra
 
 
 @run_async
+async def test_an_empty_cache_is_overruled_by_the_apiserver() -> None:
+    """Right after a start the cache is empty (or, during a watch outage, behind): what the
+    apiserver lists still claims its instances."""
+    runtime, gateway, driver = runtime_with()
+    collector_of(runtime, grace=0.0)
+    uid = create(runtime, gateway, "a")
+    await runtime.reconcile(uid)
+    assert await runtime.collector.sweep() == 0 and gateway.lists == 0, "nothing unclaimed"
+    runtime.store.remove(uid)  # the cache lost it; the apiserver still has it
+    assert await runtime.collector.sweep() == 0
+    assert gateway.lists == 1, "the verdict was checked with the apiserver"
+    assert driver.find(amphora_id=gateway.objects["a"]["status"]["computeId"])
+
+
+@run_async
 async def test_a_replica_that_may_not_act_collects_nothing() -> None:
-    runtime, gateway, driver = make_runtime()
+    runtime, gateway, driver = runtime_with()
     collector_of(runtime, grace=0.0)
     create(runtime, gateway, "a")
     await runtime.reconcile(gateway.objects["a"]["metadata"]["uid"])
@@ -85,7 +137,7 @@ async def test_a_replica_that_may_not_act_collects_nothing() -> None:
 @run_async
 async def test_live_amphorae_lose_nothing_through_builds_and_replacements() -> None:
     """Grace 0 and a sweep every poll: the worst case for a collector racing the reconciler."""
-    runtime, gateway, driver = make_runtime(options={"build_seconds": 0.2}, resync_interval=0.05)
+    runtime, gateway, driver = runtime_with(options={"build_seconds": 0.2}, resync_interval=0.05)
     collector_of(runtime, grace=0.0)
     runtime.collector.clock = time.monotonic
     uids = [create(runtime, gateway, f"a{i}") for i in range(4)]
@@ -116,7 +168,7 @@ async def test_live_amphorae_lose_nothing_through_builds_and_replacements() -> N
 
 @run_async
 async def test_orphan_policy_releases_the_instance_and_it_is_never_collected() -> None:
-    runtime, gateway, driver = make_runtime()
+    runtime, gateway, driver = runtime_with()
     clock = collector_of(runtime, grace=0.0)
     uid = create(runtime, gateway, "keep", deletionPolicy="Orphan")
     await runtime.reconcile(uid)
@@ -124,7 +176,7 @@ async def test_orphan_policy_releases_the_instance_and_it_is_never_collected() -
     runtime.observe("MODIFIED", gateway.mark_deleted("keep"))
     outcome = await runtime.reconcile(uid)
     assert outcome is not None and outcome.released
-    runtime.observe("DELETED", gateway.objects["keep"])
+    runtime.observe("DELETED", gateway.objects.pop("keep"))
     clock.now += 3600
     assert await runtime.collector.sweep() == 0
     kept = driver.get_amphora(amphora_id=compute_id)
@@ -139,7 +191,7 @@ async def test_a_release_that_fails_is_spared_and_finished_by_the_collector() ->
         if method == "release" and failing["release"]:
             raise AmphoraComputeError("down", reason=Reason.BACKEND_UNAVAILABLE, retryable=True)
 
-    runtime, gateway, _ = make_runtime(options={"on_call": on_call})
+    runtime, gateway, _ = runtime_with(options={"on_call": on_call})
     driver = runtime.backends.get("noop", "tenant").driver
     assert isinstance(driver, NoopDriver)
     collector_of(runtime, grace=0.0)
@@ -149,7 +201,7 @@ async def test_a_release_that_fails_is_spared_and_finished_by_the_collector() ->
     runtime.observe("MODIFIED", gateway.mark_deleted("keep"))
     outcome = await runtime.reconcile(uid)
     assert outcome is not None and outcome.released, "Orphan never waits for the backend"
-    runtime.observe("DELETED", gateway.objects["keep"])
+    runtime.observe("DELETED", gateway.objects.pop("keep"))
     assert await runtime.collector.sweep() == 0, "spared while its release is pending"
     assert driver.get_amphora(amphora_id=compute_id).owner is not None
     failing["release"] = False
