@@ -2,6 +2,10 @@
 deletions of many Amphorae, restart it each time, and prove that afterwards every Amphora
 converged and the compute side holds exactly one instance per live Amphora: no duplicate, no
 orphan. Checked against the noop backend's shared record and against the real Nova API.
+
+The chaos soak at the end does the same at scale (100 kills on noop, 20 on Nova) with operators
+forked from a warm zygote, and leaves orphans on purpose (deletions whose finalizer is stripped
+while the operator is down) for garbage collection to remove.
 """
 
 from __future__ import annotations
