@@ -16,7 +16,8 @@ Contract for every driver (proven by :mod:`amphora_drivers.testing.conformance`)
   instance may be visible as DELETING until :meth:`get_amphora` raises InstanceNotFoundError.
 - :meth:`release` MUST remove the owner mark so that :meth:`find` no longer matches the
   instance by owner nor reports one (a garbage collector then never claims it); the instance
-  keeps running and stays reachable by id. Releasing an instance that is gone is a no-op.
+  keeps running and stays reachable by id. Releasing an instance that is gone is a no-op; a
+  backend may refuse while the instance builds (Nova: 409) with a retryable error.
 - :meth:`resume` MUST raise :class:`NotSuspendedError` when the instance is not suspended;
   :meth:`suspend` of a suspended instance is a no-op.
 - Errors MUST be the spec's exceptions (:mod:`amphora_drivers.exceptions`) chained with

@@ -150,6 +150,8 @@ class DriverConformance:
         so no garbage collector can take it for an orphan."""
         amphora_id, _, owner = built
         driver = conformance_target.driver
+        # Nova refuses tag changes while a server builds (409, retryable): release when ACTIVE.
+        self._wait_state(conformance_target, amphora_id, AmphoraState.ACTIVE)
         driver.release(amphora_id)
         assert driver.find(owner=owner) == []
         released = driver.get_amphora(amphora_id=amphora_id)
