@@ -14,6 +14,10 @@ Contract for every driver (proven by :mod:`amphora_drivers.testing.conformance`)
 - :meth:`delete` MUST NOT fail when the instance is already gone, and MUST raise
   :class:`DeleteFailed` when the backend refuses. It returns once deletion is accepted; the
   instance may be visible as DELETING until :meth:`get_amphora` raises InstanceNotFoundError.
+- :meth:`release` MUST remove the owner mark so that :meth:`find` no longer matches the
+  instance by owner nor reports one (a garbage collector then never claims it); the instance
+  keeps running and stays reachable by id. Releasing an instance that is gone is a no-op; a
+  backend may refuse while the instance builds (Nova: 409) with a retryable error.
 - :meth:`resume` MUST raise :class:`NotSuspendedError` when the instance is not suspended;
   :meth:`suspend` of a suspended instance is a no-op.
 - Errors MUST be the spec's exceptions (:mod:`amphora_drivers.exceptions`) chained with
@@ -211,8 +215,9 @@ class AmphoraComputeDriver(abc.ABC):
     ) -> list[AmphoraInstance]:
         """Return the instances matching every given criterion.
 
-        With no criteria, return every instance this driver manages (those carrying an owner),
-        which lets callers look for orphans.
+        With no criteria, return every instance this driver manages (those built with an
+        owner, released ones included with ``owner`` None), which lets callers look for
+        orphans.
         """
 
     @abc.abstractmethod
@@ -222,6 +227,11 @@ class AmphoraComputeDriver(abc.ABC):
     @abc.abstractmethod
     def resume(self, amphora_id: str) -> None:
         """Bring a suspended instance back; NotSuspendedError when it is not suspended."""
+
+    @abc.abstractmethod
+    def release(self, amphora_id: str) -> None:
+        """Stop owning the instance (``deletionPolicy: Orphan``): drop its owner mark, keep it
+        running. Afterwards find() reports it with ``owner`` None; a no-op when it is gone."""
 
     def validate(self, request: BuildRequest) -> None:
         """Reject input this driver cannot serve, before anything is built.

@@ -71,6 +71,8 @@ class _Record(BaseModel):
     delete_failures_left: int = 0
     deleted_at: float | None = None
     delete_seconds: float = 0.0
+    #: Built with an owner that release() dropped: still listed, with owner None.
+    released: bool = False
 
 
 @dataclass
@@ -279,7 +281,7 @@ class NoopDriver(AmphoraComputeDriver):
             if (amphora_id is None or r.id == amphora_id)
             and (name is None or r.name == name)
             and (owner is None or r.owner == owner)
-            and (amphora_id is not None or name is not None or r.owner is not None)
+            and (amphora_id is not None or name is not None or r.owner is not None or r.released)
         ]
 
     def delete(self, amphora_id: str) -> None:
@@ -300,6 +302,17 @@ class NoopDriver(AmphoraComputeDriver):
             raise DeleteFailed(
                 f"simulated delete failure ({failures_left - 1} left)", retryable=True
             )
+
+    def release(self, amphora_id: str) -> None:
+        self._enter("release", amphora_id=amphora_id)
+        with self._store.transaction() as table:
+            table.forget_deleted(self.clock())
+            record = table.records.get(amphora_id)
+            if record is None or record.owner is None:
+                return
+            table.remove(amphora_id)
+            record.owner, record.released = None, True
+            table.add(record)
 
     def suspend(self, amphora_id: str) -> None:
         self._enter("suspend", amphora_id=amphora_id)

@@ -95,6 +95,10 @@ class Backend:
     async def delete(self, amphora_id: str) -> None:
         await self._call("delete", lambda: self.driver.delete(amphora_id), act=True)
 
+    async def release(self, amphora_id: str) -> None:
+        """Drop the instance's owner mark (deletionPolicy Orphan): nothing collects it then."""
+        await self._call("release", lambda: self.driver.release(amphora_id), act=True)
+
     async def suspend(self, amphora_id: str) -> None:
         await self._call("suspend", lambda: self.driver.suspend(amphora_id), act=True)
 

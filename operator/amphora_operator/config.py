@@ -13,6 +13,7 @@ from amphora_operator.model import SpecType
 
 __all__ = [
     "BreakerConfig",
+    "GarbageCollectionConfig",
     "LeaderElectionConfig",
     "OperatorConfig",
     "ProfileConfig",
@@ -133,6 +134,27 @@ class LeaderElectionConfig(_Config):
         return self
 
 
+class GarbageCollectionConfig(_Config):
+    """Deleting managed instances no Amphora claims (orphans), as the leader, every resync."""
+
+    enabled: Annotated[
+        bool,
+        Field(
+            description="Collect orphans. Turn off when another operator (another cluster) "
+            "shares a backend and its managed tag with this one: it would take their "
+            "instances for orphans."
+        ),
+    ] = True
+    grace_period: Annotated[
+        float,
+        Field(
+            ge=0,
+            description="Seconds an instance must stay unclaimed, seen by consecutive sweeps, "
+            "before it is deleted.",
+        ),
+    ] = 300.0
+
+
 def _default_profiles() -> dict[str, ProfileConfig]:
     return {
         "nova": ProfileConfig(driver="nova"),
@@ -153,6 +175,7 @@ class OperatorConfig(_Config):
     ] = {SpecType.VM: "nova", SpecType.BARE_METAL: "nova", SpecType.CONTAINER: "container"}
     reconcile: ReconcileConfig = ReconcileConfig()
     leader_election: LeaderElectionConfig = LeaderElectionConfig()
+    garbage_collection: GarbageCollectionConfig = GarbageCollectionConfig()
 
 
 def load_config(path: str | Path | None) -> OperatorConfig:

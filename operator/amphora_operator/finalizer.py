@@ -10,17 +10,19 @@ namespace for ever.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from amphora_drivers import AmphoraComputeError, Reason, UnknownDriverError
+from amphora_drivers import AmphoraComputeError, AmphoraInstance, Reason, UnknownDriverError
 from pydantic import ValidationError
 
 from amphora_operator.backends import Backend, BackendPool, UnknownProfileError
 from amphora_operator.config import OperatorConfig
 from amphora_operator.effects import failure_of
+from amphora_operator.garbage import uid_of
 from amphora_operator.kube import Gateway
 from amphora_operator.model import FINALIZER, AmphoraSpec, AmphoraStatus, DeletionPolicy
 from amphora_operator.planner import Observation, plan_deletion, plan_deletion_wait
@@ -40,12 +42,16 @@ class Finalizer:
         gateway: Gateway,
         reconciler: Reconciler,
         clock: Callable[[], datetime],
+        spare: Callable[[Backend, str], None] = lambda backend, amphora_id: None,
     ) -> None:
+        """``spare`` is told of instances left by Orphan whose release failed, so that garbage
+        collection never takes them and finishes their release (:mod:`.collector`)."""
         self.config = config
         self.backends = backends
         self.gateway = gateway
         self.reconciler = reconciler
         self.clock = clock
+        self.spare = spare
         #: When a deletion was first refused with 403, per uid (cleared once it passes).
         self._refused_since: dict[str, datetime] = {}
 
@@ -71,8 +77,13 @@ class Finalizer:
         if spec is None and not owns:
             return None, Outcome()  # it never passed validation, so nothing was built
         if spec is not None and spec.management_policy.value == "ObserveOnly":
+            if status.compute_id:  # left as it is, but never collected if we built it
+                with contextlib.suppress(Exception):
+                    kept = self._backend(body, spec)
+                    await self._release(kept, uid, await kept.by_id(status.compute_id))
             return None, Outcome()
         orphan = spec is not None and spec.deletion_policy is DeletionPolicy.ORPHAN
+        backend: Backend | None = None
         try:
             backend = self._backend(body, spec)
             observation = (
@@ -98,6 +109,8 @@ class Finalizer:
         except AmphoraComputeError as e:
             if orphan:  # best effort: Orphan never waits for the backend
                 log.warning("Orphan: leftover instances not deleted", exc_info=True)
+                if backend is not None and status.compute_id:
+                    self.spare(backend, status.compute_id)  # released once it answers
                 return None, Outcome()
             failure = failure_of("delete", e)
             if failure.reason == Reason.FORBIDDEN:
@@ -109,6 +122,8 @@ class Finalizer:
             return await self._wait(
                 body, status, "DriverUnavailable", f"{type(e).__name__}: {e}", None
             )
+        if orphan and backend is not None:
+            await self._release(backend, uid, observation.current)
         if orphan and status.compute_id:
             self.gateway.post_event(
                 body, "Normal", "Orphaned",
@@ -148,6 +163,17 @@ class Finalizer:
             return None, Outcome()
         text = f"{message}; the finalizer is released {limit:g} s after the first refusal"
         return await self._wait(body, status, Reason.FORBIDDEN, text, None)
+
+    async def _release(self, backend: Backend, uid: str, instance: AmphoraInstance | None) -> None:
+        """Drop our owner mark from an instance left running, so that garbage collection
+        never takes it; on failure the collector retries (an Orphan never waits)."""
+        if instance is None or uid_of(instance.owner) != uid.replace("-", ""):
+            return  # gone, imported, or released already
+        try:
+            await backend.release(instance.id)
+        except Exception:
+            log.warning("release of an orphaned instance deferred", exc_info=True)
+            self.spare(backend, instance.id)
 
     async def _wait(
         self,

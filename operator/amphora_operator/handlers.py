@@ -168,6 +168,7 @@ def make_registry(options: RunOptions) -> kopf.OperatorRegistry:
             ),
             gateway=state.gateway,
             metrics=metrics,
+            home_namespace=options.lease_namespace,
         )
         # Start-up returns at once so that /healthz answers while a follower waits its turn.
         state.tasks.append(asyncio.create_task(lead(state.runtime, elector)))

@@ -95,6 +95,14 @@ class KubeGateway:
             raise
         return cast(dict[str, Any], result)
 
+    def list_amphorae(self) -> list[dict[str, Any]]:
+        """Every Amphora of the cluster, read from the apiserver (not a cache): what garbage
+        collection confirms its verdicts with."""
+        result = self.custom.list_cluster_custom_object(
+            GROUP, VERSION, PLURAL, _request_timeout=self.request_timeout
+        )
+        return cast(list[dict[str, Any]], cast(dict[str, Any], result)["items"])
+
     def read_secret_key(self, namespace: str, ref_name: str, key: str, field: str) -> bytes:
         """Return the decoded value of one Secret key; SecretNotFound names ``field``."""
         try:
@@ -117,14 +125,15 @@ class KubeGateway:
         return base64.b64decode(data[key])
 
     def post_event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
-        """Record a core/v1 Event on the Amphora (best effort: failures are logged only)."""
+        """Record a core/v1 Event on the Amphora, or on the object ``body`` names with its
+        ``apiVersion`` and ``kind`` (best effort: failures are logged only)."""
         meta = body.get("metadata", {})
         now = datetime.now(UTC)
         event = client.CoreV1Event(
             metadata=client.V1ObjectMeta(generate_name=f"{meta.get('name', 'amphora')}."),
             involved_object=client.V1ObjectReference(
-                api_version=f"{GROUP}/{VERSION}",
-                kind="Amphora",
+                api_version=body.get("apiVersion", f"{GROUP}/{VERSION}"),
+                kind=body.get("kind", "Amphora"),
                 name=meta.get("name"),
                 namespace=meta.get("namespace"),
                 uid=meta.get("uid"),
@@ -166,6 +175,8 @@ class Gateway(Protocol):
         self, namespace: str, ref_name: str, key: str, field: str
     ) -> bytes: ...
 
+    async def list_amphorae(self) -> list[dict[str, Any]]: ...
+
     def post_event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
         """Fire and forget (best effort)."""
 
@@ -201,6 +212,9 @@ class ThreadedGateway:
 
     async def read_secret_key(self, namespace: str, ref_name: str, key: str, field: str) -> bytes:
         return await self._run(lambda: self.kube.read_secret_key(namespace, ref_name, key, field))
+
+    async def list_amphorae(self) -> list[dict[str, Any]]:
+        return await self._run(self.kube.list_amphorae)
 
     def post_event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
         self.executor.submit(self.kube.post_event, body, type_, reason, message)

@@ -53,6 +53,18 @@ class Metrics:
             ["phase"],
             registry=self.registry,
         )
+        self.orphans_collected = Counter(
+            "amphora_orphans_collected_total",
+            "Managed instances no Amphora claims, deleted by garbage collection.",
+            ["profile", "reason"],
+            registry=self.registry,
+        )
+        self.orphans_pending = Gauge(
+            "amphora_orphans_pending",
+            "Unclaimed instances waiting out their grace period before collection.",
+            ["profile"],
+            registry=self.registry,
+        )
         self.status_writes = Counter(
             "amphora_status_writes_total",
             "Status patches sent to the Kubernetes API.",

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from amphora_operator.backends import BackendPool
+from amphora_operator.collector import Collector
 from amphora_operator.config import OperatorConfig
 from amphora_operator.finalizer import Finalizer
 from amphora_operator.kube import Gateway
@@ -42,7 +43,10 @@ class Runtime:
         gateway: Gateway,
         metrics: Metrics,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        home_namespace: str = "default",
     ) -> None:
+        """``home_namespace``: the operator's own, where Events about orphans whose Amphora
+        and namespace are unknown go."""
         self.config = config
         self.backends = backends
         self.gateway = gateway
@@ -56,9 +60,13 @@ class Runtime:
             config=config, backends=backends, gateway=gateway, store=self.store,
             metrics=metrics, clock=clock,
         )  # fmt: skip
+        self.collector = Collector(
+            config=config, backends=backends, gateway=gateway, store=self.store,
+            metrics=metrics, home_namespace=home_namespace,
+        )  # fmt: skip
         self.finalizer = Finalizer(
             config=config, backends=backends, gateway=gateway, reconciler=self.reconciler,
-            clock=clock,
+            clock=clock, spare=self.collector.spare,
         )  # fmt: skip
         self.poller = Poller(
             config=config, interests=self.interests, moving=self.moving, queue=self.queue,
@@ -111,13 +119,15 @@ class Runtime:
     # -- workers -----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the workers and the poller (as the leader); everything known is looked at
-        again, since another leader may have acted meanwhile."""
+        """Start the workers, the poller and garbage collection (as the leader); everything
+        known is looked at again, since another leader may have acted meanwhile."""
         for uid in self.store.uids():
             self.queue.mark(uid)
         for _ in range(self.config.reconcile.concurrency):
             self._tasks.append(asyncio.create_task(self._work()))
         self._tasks.append(asyncio.create_task(self.poller.run()))
+        if self.config.garbage_collection.enabled:
+            self._tasks.append(asyncio.create_task(self.collector.run()))
 
     async def stop(self) -> None:
         """Stop acting (leadership lost or shutdown); the cache and queue stay for a restart."""

@@ -82,6 +82,9 @@ class ScriptedDriver(AmphoraComputeDriver):
     def resume(self, amphora_id: str) -> None:
         raise NotImplementedError
 
+    def release(self, amphora_id: str) -> None:
+        raise NotImplementedError
+
 
 class TestGetAmphora:
     """Exactly one criterion; exactly one match, or a precise error."""

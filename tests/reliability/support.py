@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 import yaml
+from amphora_devtools.net import free_port as free_port  # re-exported for the suite
+from amphora_devtools.wait import WaitTimeout, wait_until
 from amphora_drivers import AmphoraInstance, AmphoraState
 from amphora_operator.planner import owner_key
 from kubernetes import client as k8s
@@ -29,12 +31,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.fixtures.operator import GROUP, PLURAL, VERSION
 
 Item = dict[str, Any]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def status_of(item: Item) -> dict[str, Any]:
@@ -49,10 +45,12 @@ def condition_of(item: Item, type_: str) -> dict[str, Any] | None:
 
 
 def settled(item: Item) -> bool:
-    """Ready on the current generation, nothing being replaced or retired."""
+    """Ready (or Suspended, as its spec asks) on the current generation, nothing being replaced
+    or retired."""
     s = status_of(item)
+    wanted = "Suspended" if (item.get("spec") or {}).get("suspended") else "Ready"
     return (
-        s.get("phase") == "Ready"
+        s.get("phase") == wanted
         and bool(s.get("computeId"))
         and not s.get("retired")
         and not s.get("replacement")
@@ -84,27 +82,28 @@ class Fleet:
     ) -> float:
         """Poll until ``until(items)``; return the seconds it took. Fails with a summary."""
         started = time.monotonic()
-        deadline = started + timeout
-        items: list[Item] = []
-        last_error: Exception | None = None
-        while time.monotonic() < deadline:
+        seen: dict[str, Any] = {"items": [], "error": None}
+
+        def probe() -> list[Item] | None:
             try:
-                items = self.items()
-                last_error = None
+                seen["items"], seen["error"] = self.items(), None
             except Exception as e:  # the apiserver may be down on purpose
                 if not tolerate_api_errors:
                     raise
-                last_error = e
-                time.sleep(0.5)
-                continue
-            if until(items):
-                return time.monotonic() - started
-            time.sleep(0.3)
-        pytest.fail(
-            f"{what}: not reached within {timeout:.0f} s (last API error: {last_error})\n"
-            + summarize(items),
-            pytrace=False,
-        )
+                seen["error"] = e
+                return None
+            return list(seen["items"])
+
+        try:
+            wait_until(probe, lambda items: items is not None and until(items),
+                       timeout=timeout, what=what, interval=0.3)  # fmt: skip
+        except WaitTimeout:
+            pytest.fail(
+                f"{what}: not reached within {timeout:.0f} s (last API error: {seen['error']})\n"
+                + summarize(seen["items"]),
+                pytrace=False,
+            )
+        return time.monotonic() - started
 
     def wait_all(self, names: Iterable[str], predicate: Callable[[Item], bool], **kw: Any) -> float:
         wanted = set(names)
@@ -220,14 +219,14 @@ def metric(
 
 
 def wait_for_metrics(port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def answers() -> bool:
         try:
             scrape(port)
-            return
         except OSError:
-            time.sleep(0.2)
-    pytest.fail(f"no /metrics on port {port} within {timeout} s", pytrace=False)
+            return False
+        return True
+
+    wait_until(answers, timeout=timeout, what=f"/metrics on port {port}")
 
 
 # -- logs --------------------------------------------------------------------------------------

@@ -2,15 +2,20 @@
 deletions of many Amphorae, restart it each time, and prove that afterwards every Amphora
 converged and the compute side holds exactly one instance per live Amphora: no duplicate, no
 orphan. Checked against the noop backend's shared record and against the real Nova API.
+
+The chaos soak at the end does the same at scale (100 kills on noop, 20 on Nova) with operators
+forked from a warm zygote, and leaves orphans on purpose (deletions whose finalizer is stripped
+while the operator is down) for garbage collection to remove.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,10 +25,12 @@ from amphora_drivers import AmphoraInstance, AmphoraState
 from amphora_drivers.noop import NoopDriver
 from amphora_operator.model import AmphoraSpec
 from amphora_operator.planner import spec_hash
+from kubernetes import client as k8s
+from kubernetes.client import ApiClient
 
 from tests.fixtures.control_plane import Cluster
 from tests.fixtures.nova_box import NovaBoxInfo
-from tests.fixtures.operator import OperatorProcess, noop_config
+from tests.fixtures.operator import GROUP, PLURAL, VERSION, OperatorProcess, noop_config, tear_down
 from tests.operator.scenario import Steps, amphora
 from tests.reliability.conftest import Launch
 from tests.reliability.support import (
@@ -33,10 +40,13 @@ from tests.reliability.support import (
     Partition,
     audit,
     kubeconfig_through,
+    log_records,
     record,
     settled,
+    status_of,
     summarize,
 )
+from tests.reliability.zygote import ForkedOperator, Zygote
 
 SEED = 9
 
@@ -74,20 +84,48 @@ def wait_clean(
 class Crasher:
     """Kills and restarts one operator at seeded random delays, counting the kills."""
 
-    def __init__(self, operator: OperatorProcess, rng: random.Random) -> None:
+    def __init__(self, operator: OperatorProcess | ForkedOperator, rng: random.Random) -> None:
         self.operator = operator
         self.rng = rng
         self.kills = 0
+        #: Kills that landed while an Amphora had a replacement in flight.
+        self.aimed = 0
+        #: Kills that landed after the operator had started acting (forked operators).
+        self.at_work = 0
 
     def kill_after(self, low: float, high: float) -> None:
         time.sleep(self.rng.uniform(low, high))
-        assert self.operator.process is not None
-        assert self.operator.process.poll() is None, (
-            f"the operator died by itself (exit {self.operator.process.returncode}):\n"
-            f"{self.operator.logs()[-3000:]}"
+        self.kill_now()
+
+    def kill_now(self) -> None:
+        assert self.operator.running(), (
+            f"the operator died by itself:\n{self.operator.logs()[-3000:]}"
         )
         self.operator.kill()
         self.kills += 1
+
+    def kill_at_work(self, timeout: float, low: float, high: float) -> None:
+        """Once the (forked) operator has started acting, or at ``timeout``, kill it after a
+        random delay; counts the kills that hit it at work."""
+        assert isinstance(self.operator, ForkedOperator)
+        deadline = time.monotonic() + timeout
+        while not self.operator.acted() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(self.rng.uniform(low, high))
+        self.at_work += self.operator.acted()
+        self.kill_now()
+
+    def kill_when(self, fleet: Fleet, seen: Callable[[list[Item]], bool], timeout: float) -> bool:
+        """Kill the moment ``seen(items)`` holds (else at ``timeout``); True when it held."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if seen(fleet.items()):
+                self.kill_now()
+                self.aimed += 1
+                return True
+            time.sleep(0.05)
+        self.kill_now()
+        return False
 
     def restart(self, settle_low: float, settle_high: float) -> None:
         self.operator.start()
@@ -348,4 +386,255 @@ def test_sigkill_during_builds_replacements_and_deletions_nova(
     record(test, "servers built from an outdated spec", len(stale))
     assert result.clean, result.report() + "\n" + summarize(fleet.items())
     assert result.live == len(live) == result.instances
+    assert stale == [], f"Ready on a spec the server was not built from: {stale}"
+
+
+# -- the chaos soak: 100 SIGKILLs on noop, 20 on Nova, then garbage collection -------------------
+
+SOAK_SEED = 16
+#: Seconds an instance must be unclaimed before the soak's operators collect it.
+SOAK_GRACE = 2.0
+
+
+@pytest.fixture(scope="module")
+def zygote() -> Iterator[Zygote]:
+    """One warm process the soak's operators are forked from (see zygote.py); it warms up
+    while the control plane starts."""
+    started = Zygote()
+    try:
+        yield started
+    finally:
+        started.close()
+
+
+@pytest.fixture
+def forked(
+    zygote: Zygote,
+    control_plane: Cluster,
+    amphora_crd: dict[str, Any],
+    namespace: str,
+    tmp_path: Path,
+    kube_api: ApiClient,
+    request: pytest.FixtureRequest,
+) -> Iterator[Callable[[dict[str, Any]], ForkedOperator]]:
+    """An operator forked from the zygote on the test namespace; torn down like ``launch``."""
+    started: list[Any] = []
+
+    def start(config: dict[str, Any]) -> ForkedOperator:
+        config = {**config, "garbageCollection": {"gracePeriod": SOAK_GRACE}}
+        operator = ForkedOperator(
+            zygote, kubeconfig=control_plane.kubeconfig, namespace=namespace,
+            workdir=tmp_path / "soak", config=config,
+        )  # fmt: skip
+        operator.start()
+        started.append(operator)
+        return operator
+
+    yield start
+    tear_down(kube_api, namespace, started, request, wait=30)
+
+
+class Chaos:
+    """A seeded user working on a fleet through the API while the operator is killed: builds,
+    spec changes (replacements), suspend/resume, deletions, and deletions whose finalizer is
+    stripped while the operator is down (their instances can only be garbage collected)."""
+
+    def __init__(
+        self, api: ApiClient, namespace: str, rng: random.Random,
+        body: Callable[[str], dict[str, Any]], replace: Callable[[dict[str, Any]], dict[str, Any]],
+        size: int,
+    ) -> None:  # fmt: skip
+        self.api = k8s.CustomObjectsApi(api)
+        self.namespace = namespace
+        self.rng = rng
+        self.body = body
+        self.replace_patch = replace
+        self.size = size
+        self.live: set[str] = set()
+        self.created = 0
+        self.counts = dict.fromkeys(("build", "replace", "suspend", "resume", "delete", "strip"), 0)
+
+    def _patch(self, name: str, patch: dict[str, Any]) -> None:
+        self.api.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name, patch)
+
+    def _spec(self, name: str) -> dict[str, Any]:
+        item = self.api.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+        return dict(item["spec"])
+
+    def build(self) -> None:
+        name = f"soak-{self.created:03d}"
+        self.created += 1
+        self.api.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL,
+                                                 self.body(name))  # fmt: skip
+        self.live.add(name)
+        self.counts["build"] += 1
+
+    def replace(self) -> str:
+        name = self.rng.choice(sorted(self.live))
+        self._patch(name, {"spec": self.replace_patch(self._spec(name))})
+        self.counts["replace"] += 1
+        return name
+
+    def toggle_suspend(self) -> None:
+        name = self.rng.choice(sorted(self.live))
+        suspended = not self._spec(name).get("suspended", False)
+        self._patch(name, {"spec": {"suspended": suspended}})
+        self.counts["suspend" if suspended else "resume"] += 1
+
+    def delete(self, strip: bool = False) -> None:
+        name = self.rng.choice(sorted(self.live))
+        self.api.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+        if strip:  # "kubectl patch --type merge -p '{"metadata":{"finalizers":null}}'"
+            with contextlib.suppress(k8s.ApiException):
+                self._patch(name, {"metadata": {"finalizers": None}})
+        self.live.discard(name)
+        self.counts["strip" if strip else "delete"] += 1
+
+    def act(self) -> None:
+        """One random step, keeping the fleet near ``size``."""
+        if len(self.live) < self.size // 2:
+            return self.build()
+        step = self.rng.choices(["build", "replace", "suspend", "delete"], weights=[3, 4, 2, 2])[0]
+        if step == "build" and len(self.live) < self.size:
+            return self.build()
+        if step == "delete":
+            return self.delete()
+        if step == "suspend":
+            return self.toggle_suspend()
+        self.replace()
+        return None
+
+
+def replacing(items: list[Item]) -> bool:
+    """Some Amphora has its replacement slot in use (built or being built)."""
+    return any(status_of(i).get("replacement") for i in items)
+
+
+def soak(chaos: Chaos, crasher: Crasher, fleet: Fleet, kills: int, delay: tuple[float, float],
+         at_work_within: float = 6.0) -> None:  # fmt: skip
+    """Until ``kills`` SIGKILLs: restart, a few user steps, then a kill (a third of them aimed
+    at the replacement slot); now and then, with the operator down, a stripped deletion."""
+    while crasher.kills < kills:
+        if crasher.kills:
+            crasher.operator.start()
+        for _ in range(crasher.rng.randint(1, 3)):
+            chaos.act()
+        if crasher.rng.random() < 0.35 and chaos.live:
+            chaos.replace()
+            if crasher.kill_when(fleet, replacing, timeout=at_work_within):
+                crasher.at_work += 1
+        else:
+            crasher.kill_at_work(at_work_within, *delay)
+        if crasher.rng.random() < 0.1 and len(chaos.live) > 1:
+            chaos.delete(strip=True)
+
+
+def collected_orphans(logs: str) -> list[dict[str, Any]]:
+    return [r for r in log_records(logs) if r.get("message") == "orphan deleted"]
+
+
+def test_chaos_soak_noop(
+    forked: Callable[[dict[str, Any]], ForkedOperator], kube_api: ApiClient, namespace: str,
+    fleet: Fleet, state_file: Path,
+) -> None:  # fmt: skip
+    """100 SIGKILLs across builds, replacements, suspends and deletions; then the fleet
+    converges, garbage collection removes what stripped deletions left, and the audit is
+    clean: no duplicate, no orphan, nothing stuck, every instance built from its spec."""
+    started = time.monotonic()
+    rng = random.Random(SOAK_SEED)
+    operator = forked(noop_config(state_file))
+    crasher = Crasher(operator, rng)
+    versions = itertools.count(2)
+    chaos = Chaos(
+        kube_api, namespace, rng,
+        body=lambda name: amphora(name, tags=["noop:build-seconds=0.5", "v1"]),
+        replace=lambda spec: {"tags": ["noop:build-seconds=0.5", f"v{next(versions)}"]},
+        size=16,
+    )  # fmt: skip
+    time.sleep(1.0)
+    soak(chaos, crasher, fleet, kills=100, delay=(0.0, 1.0))
+    operator.start()
+    converge = fleet.wait(converged(chaos.live), timeout=120,
+                          what="every live Amphora Ready on its current spec")  # fmt: skip
+    result = wait_clean(fleet, lambda: NoopDriver(state_file=state_file).find(), timeout=30)
+    built = {i.id: list(i.tags) for i in NoopDriver(state_file=state_file).find()}
+    stale = [
+        f"{n}: spec {i['spec']['tags']}, instance {built.get(i['status']['computeId'])}"
+        for n, i in fleet.by_name().items()
+        if built.get(i["status"]["computeId"]) != list(i["spec"]["tags"])
+    ]
+    collected = collected_orphans(operator.logs())
+    test = "chaos_soak_noop"
+    record(test, "kills", crasher.kills)
+    record(test, "kills aimed at the replacement slot", crasher.aimed)
+    record(test, "kills after the operator had started acting", crasher.at_work)
+    record(test, "user steps", dict(chaos.counts))
+    record(test, "live at end", result.live)
+    record(test, "instances at end", result.instances)
+    record(test, "duplicates", len(result.duplicates))
+    record(test, "orphans left after GC", len(result.orphans))
+    record(test, "orphans collected", len(collected))
+    record(test, "instances built from an outdated spec", len(stale))
+    record(test, "seconds to converge after the last restart", converge)
+    record(test, "seconds in all", time.monotonic() - started)
+    assert crasher.kills >= 100 and crasher.aimed >= 10 and crasher.at_work >= 50
+    assert result.clean, result.report() + "\n" + summarize(fleet.items())
+    assert result.live == len(chaos.live) == result.instances
+    assert stale == [], f"Ready on a spec the instance was not built from: {stale}"
+    assert chaos.counts["strip"] >= 3 and len(collected) >= 1, (
+        f"stripped deletions {chaos.counts['strip']} left nothing to collect: {collected}"
+    )
+    assert {r.get("reason") for r in collected} <= {"OwnerGone", "Unclaimed"}
+
+
+@pytest.mark.nova
+@pytest.mark.xfail(
+    reason="open (issue 16): on the shared 2-core machine (load average 15) this passed 1 of 3 "
+    "runs; in the 2 others the Nova box's Neutron stand-in lookups timed out (10 s) after the "
+    "last restart, so builds failed until the 120 s convergence wait ran out; no duplicate or "
+    "orphan was seen in any run",
+    strict=False,
+)
+def test_chaos_soak_nova(
+    forked: Callable[[dict[str, Any]], ForkedOperator], kube_api: ApiClient, namespace: str,
+    fleet: Fleet, state_file: Path, nova_box: NovaBoxInfo,
+) -> None:  # fmt: skip
+    """20 SIGKILLs against the real Nova API (its functional fixtures over HTTP)."""
+    started = time.monotonic()
+    rng = random.Random(SOAK_SEED)
+    tag = f"rel-soak-{uuid.uuid4().hex[:8]}"
+    operator = forked(nova_config(state_file, nova_box, tag))
+    crasher = Crasher(operator, rng)
+    flavors = [nova_box.flavor_id, "2"]
+    chaos = Chaos(
+        kube_api, namespace, rng,
+        body=lambda name: nova_amphora(nova_box, name),
+        replace=lambda spec: {"flavor": flavors[1 - flavors.index(spec["flavor"])]},
+        size=5,
+    )  # fmt: skip
+    time.sleep(1.0)
+    # Nova calls take seconds on a loaded box: wait longer for the operator to be at work.
+    soak(chaos, crasher, fleet, kills=20, delay=(0.0, 1.5), at_work_within=12.0)
+    operator.start()
+    converge = fleet.wait(converged(chaos.live), timeout=120,
+                          what="every live Amphora Ready on its current spec")  # fmt: skip
+    result = wait_clean(fleet, lambda: nova_servers(nova_box, tag), timeout=40)
+    stale = nova_flavor_mismatches(nova_box, fleet.items())
+    collected = collected_orphans(operator.logs())
+    test = "chaos_soak_nova"
+    record(test, "kills", crasher.kills)
+    record(test, "kills aimed at the replacement slot", crasher.aimed)
+    record(test, "kills after the operator had started acting", crasher.at_work)
+    record(test, "user steps", dict(chaos.counts))
+    record(test, "live at end", result.live)
+    record(test, "servers at end", result.instances)
+    record(test, "duplicates", len(result.duplicates))
+    record(test, "orphans left after GC", len(result.orphans))
+    record(test, "orphans collected", len(collected))
+    record(test, "servers built from an outdated spec", len(stale))
+    record(test, "seconds to converge after the last restart", converge)
+    record(test, "seconds in all", time.monotonic() - started)
+    assert crasher.kills >= 20
+    assert result.clean, result.report() + "\n" + summarize(fleet.items())
+    assert result.live == len(chaos.live) == result.instances
     assert stale == [], f"Ready on a spec the server was not built from: {stale}"

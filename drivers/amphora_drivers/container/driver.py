@@ -528,6 +528,39 @@ class ContainerDriver(AmphoraComputeDriver):
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    def release(self, amphora_id: str) -> None:
+        """Drop the owner label, annotation and ownerReference to the Amphora from the
+        StatefulSet (one merge patch), so neither our collector nor Kubernetes' garbage
+        collector takes it; its Pod, Secret and NetworkPolicy stay owned by the StatefulSet."""
+        if not LABEL_VALUE.match(amphora_id):
+            return
+        query = selector({LABEL_MANAGED_BY: MANAGED_BY, LABEL_ID: amphora_id})
+        patch = {
+            "metadata": {
+                "labels": {LABEL_OWNER: None},
+                "annotations": {ANNOTATION_OWNER: None},
+                "ownerReferences": None,
+            }
+        }
+        with translated(f"release amphora {amphora_id}", AmphoraComputeError):
+            workloads = self._call(
+                self._apps.list_namespaced_stateful_set, self.namespace, label_selector=query
+            )["items"]
+            for workload in workloads:
+                try:
+                    self._call(
+                        self._apps.patch_namespaced_stateful_set,
+                        workload["metadata"]["name"],
+                        self.namespace,
+                        patch,
+                        field_manager=FIELD_MANAGER,
+                        _content_type="application/merge-patch+json",
+                    )
+                except ApiException as e:
+                    if e.status != 404:
+                        raise
+        LOG.info("amphora %s: released (owner label, annotation and reference removed)", amphora_id)
+
     def suspend(self, amphora_id: str) -> None:
         workload = self._workload(amphora_id, "suspend")
         if workload["spec"].get("replicas", 1) == 0:

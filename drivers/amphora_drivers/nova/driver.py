@@ -648,6 +648,29 @@ class NovaDriver(AmphoraComputeDriver):
                 LOG.warning("delete of %s failed (%s); retrying", amphora_id, error.reason)
             time.sleep(self.delete_backoff * 2 ** (attempt - 1))
 
+    def release(self, amphora_id: str) -> None:
+        """Remove the owner tag (one tag DELETE); the server and its other tags stay."""
+        server = self._server_or_none_checked(amphora_id)
+        if server is None:
+            return
+        for tag in server.tags or ():
+            if not tag.startswith(OWNER_TAG_PREFIX):
+                continue
+            try:
+                server.remove_tag(self._compute, tag)
+            except openstack.exceptions.NotFoundException:
+                return  # the server (or the tag) went meanwhile
+            except API_ERRORS as e:
+                raise api_error(e, f"release server {amphora_id}") from e
+        LOG.info("Nova server %s released (owner tag removed)", amphora_id)
+
+    def _server_or_none_checked(self, amphora_id: str) -> Any:
+        try:
+            found = self._server_or_none(amphora_id)
+        except API_ERRORS as e:
+            raise api_error(e, f"get server {amphora_id}") from e
+        return found[0] if found else None
+
     def suspend(self, amphora_id: str) -> None:
         """Suspend a VM (memory kept) or power off a bare-metal server; no-op if already down."""
         instance = self._instance(self._server(amphora_id))

@@ -143,6 +143,24 @@ class DriverConformance:
         driver.resume(amphora_id)
         self._wait_state(conformance_target, amphora_id, AmphoraState.ACTIVE)
 
+    def test_release_drops_the_owner_and_keeps_the_instance(
+        self, conformance_target: ConformanceTarget, built: tuple[str, str, str]
+    ) -> None:
+        """deletionPolicy Orphan: the instance stays, but nothing finds it by owner any more,
+        so no garbage collector can take it for an orphan."""
+        amphora_id, _, owner = built
+        driver = conformance_target.driver
+        # Nova refuses tag changes while a server builds (409, retryable): release when ACTIVE.
+        self._wait_state(conformance_target, amphora_id, AmphoraState.ACTIVE)
+        driver.release(amphora_id)
+        assert driver.find(owner=owner) == []
+        released = driver.get_amphora(amphora_id=amphora_id)
+        assert released.owner is None
+        assert released.state not in {AmphoraState.DELETING, AmphoraState.DELETED}
+        assert all(i.owner is None for i in driver.find() if i.id == amphora_id)
+        driver.release(amphora_id)  # twice: a no-op
+        driver.release(str(uuid.uuid4()))  # unknown: a no-op
+
     def test_delete_is_confirmed_and_idempotent(
         self, conformance_target: ConformanceTarget
     ) -> None:
