@@ -120,7 +120,12 @@ def test_invalid_amphorae_are_refused_or_reported_and_leave_nothing(
     for secret_name, data in secrets.items():
         core.create_namespaced_secret(
             namespace,
-            k8s.V1Secret(metadata=k8s.V1ObjectMeta(name=secret_name), string_data=data),
+            k8s.V1Secret(
+                metadata=k8s.V1ObjectMeta(
+                    name=secret_name, labels={"amphora-operator.dev/usable": "true"}
+                ),
+                string_data=data,
+            ),
         )
     # (name, spec overrides, Ready reason, text the message must contain)
     reported: list[tuple[str, dict[str, Any], str, str]] = [
