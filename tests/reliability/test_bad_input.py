@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from amphora_drivers.noop import NoopDriver
+from amphora_operator.tenancy import namespace_tag
 from kubernetes import client as k8s
 from kubernetes.client import ApiClient
 
@@ -186,7 +187,8 @@ def test_invalid_amphorae_are_refused_or_reported_and_leave_nothing(
         "only the hostile-but-valid Amphorae may have instances"
     )
     tagged = instances[status_of(by_name["hostile-tags"])["computeId"]]
-    assert list(tagged.tags) == INJECTIONS, "tags were not stored verbatim"
+    # Verbatim, followed by the namespace tag the operator adds (amphora_operator.tenancy).
+    assert list(tagged.tags) == [*INJECTIONS, namespace_tag(namespace)], "tags not verbatim"
     assert not Path(PWNED).exists(), "a shell snippet in the spec was executed"
     assert process.poll() is None, f"the operator exited with {process.returncode}"
 

@@ -24,6 +24,7 @@ from tests.reliability.test_crash_safety import nova_config
 from tests.tenancy.conftest import Launch, Tenant
 
 TIMEOUT = 60.0
+NOVA_TIMEOUT = 180.0
 VM = {"type": "VM", "flavor": "m1.amphora", "image": IMAGE}
 
 
@@ -50,11 +51,13 @@ def ready(tenant: Tenant, name: str, timeout: float = TIMEOUT) -> dict[str, Any]
                        "Ready", timeout)  # fmt: skip
 
 
-def refused(tenant: Tenant, name: str, reason: str, rule: str) -> dict[str, Any]:
+def refused(
+    tenant: Tenant, name: str, reason: str, rule: str, timeout: float = TIMEOUT
+) -> dict[str, Any]:
     """Stalled for ``reason`` with a message naming ``rule``; not retried."""
     status = wait_status(
         tenant, name, lambda s: condition(s, "Stalled").get("status") == "True"
-        and condition(s, "Stalled").get("reason") == reason, f"Stalled ({reason})",
+        and condition(s, "Stalled").get("reason") == reason, f"Stalled ({reason})", timeout,
     )  # fmt: skip
     assert rule in condition(status, "Ready")["message"], status
     return status
@@ -147,28 +150,32 @@ def test_a_cannot_use_the_reserved_network_or_break_bs_server_group(
 ) -> None:
     a, b = tenants
     tag = f"tenancy-{uuid.uuid4().hex[:8]}"
+    # Generous timeouts: the box shares two cores with everything else.
     config = nova_config(
         tmp_path / "operator" / "noop.json", nova_box, tag,
-        management_networks=[nova_box.network_name],
+        management_networks=[nova_box.network_name], api_timeout=30,
     )  # fmt: skip
+    config["reconcile"]["driverCallTimeout"] = 60
     serve(config)
     vm = {"type": "VM", "flavor": nova_box.flavor_id, "image": nova_box.image_id}
     b.create("web-1", serverGroup={"name": "web", "policy": "anti-affinity"}, **vm)
-    victim = ready(b, "web-1")["computeId"]
+    victim = ready(b, "web-1", NOVA_TIMEOUT)["computeId"]
 
     # The management network, by id and by name.
     for index, ref in enumerate((nova_box.network_id, nova_box.network_name)):
         a.create(f"sneak-{index}", networks=[ref], **vm)
-        status = refused(a, f"sneak-{index}", "NotAllowed", "reserved for the operator")
+        status = refused(
+            a, f"sneak-{index}", "NotAllowed", "reserved for the operator", NOVA_TIMEOUT
+        )
         assert condition(status, "Ready")["message"].startswith("spec.networks:")
     still_ready(b, "web-1", victim)
 
     # A takes the group name "web" with another policy: before scoping, B's next build into
     # its "web" group was refused ("a group named 'web' exists with policy 'affinity'").
     a.create("web-a", serverGroup={"name": "web", "policy": "affinity"}, **vm)
-    ready(a, "web-a")
+    ready(a, "web-a", NOVA_TIMEOUT)
     b.create("web-2", serverGroup={"name": "web", "policy": "anti-affinity"}, **vm)
-    ready(b, "web-2")
+    ready(b, "web-2", NOVA_TIMEOUT)
     still_ready(b, "web-1", victim)
     with nova_box.connection(nova_box.project_id) as admin:
         names = {g.name for g in admin.compute.server_groups() if g.name.startswith(f"{tag}:")}
@@ -176,9 +183,11 @@ def test_a_cannot_use_the_reserved_network_or_break_bs_server_group(
 
     # A's group goes with its last member; B's stays.
     a.delete("web-a")
-    driver = NovaDriver(clouds_yaml_content=nova_box.clouds_yaml_content(), managed_tag=tag)
+    driver = NovaDriver(
+        clouds_yaml_content=nova_box.clouds_yaml_content(), managed_tag=tag, api_timeout=30
+    )
     try:
-        deadline = time.monotonic() + TIMEOUT
+        deadline = time.monotonic() + NOVA_TIMEOUT
         while time.monotonic() < deadline:
             groups = {g.name for g in driver.connection.compute.server_groups()}
             if f"{tag}:{a.namespace}:web" not in groups:
