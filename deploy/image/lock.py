@@ -3,8 +3,10 @@ version installed in the environment the tests ran in (the repository's ``.venv`
 
     .venv/bin/python deploy/image/lock.py > deploy/image/constraints.txt
 
-The Dockerfile builds its wheels with ``--constraint`` this file, so the image carries exactly
-the tested versions; tests/tenancy/test_image.py fails when the file and the venv disagree.
+The Dockerfile builds its wheels with ``--constraint`` this file and ``make venv`` installs the
+test environment with it, so the image carries exactly the tested versions;
+tests/tenancy/test_image.py fails when the file and the venv disagree. To move a version:
+install it into the venv, run the tests, regenerate this file.
 """
 
 from __future__ import annotations
