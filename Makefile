@@ -18,9 +18,10 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 # Install the project, its test tools and the dev harness (hack/: a distribution of its own,
-# never in the image); re-run when either pyproject.toml changes.
-$(VENV)/.installed: pyproject.toml hack/pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test,bench]' -e ./hack
+# never in the image); re-run when either pyproject.toml changes. Run-time packages at the
+# image's versions (deploy/image/constraints.txt), so the tests test what the image ships.
+$(VENV)/.installed: pyproject.toml hack/pyproject.toml deploy/image/constraints.txt | $(BIN)/python
+	$(BIN)/pip install --quiet --constraint deploy/image/constraints.txt -e '.[test,bench]' -e ./hack
 	touch $@
 
 venv: $(VENV)/.installed

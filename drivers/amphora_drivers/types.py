@@ -89,6 +89,9 @@ class ServerGroup(BaseModel):
 
     name: Annotated[str, Field(min_length=1, max_length=63, pattern=NAME_PATTERN)]
     policy: ServerGroupPolicy = ServerGroupPolicy.ANTI_AFFINITY
+    #: Whose name it is (the operator passes the Kubernetes namespace): groups of different
+    #: scopes never mix, however they are named. None: the backend's plain name.
+    scope: Annotated[str, Field(min_length=1, max_length=63, pattern=NAME_PATTERN)] | None = None
 
 
 class OwnerResource(BaseModel):

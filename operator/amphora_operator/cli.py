@@ -77,6 +77,25 @@ def _drop_tracking_successes(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith("Handler 'track' succeeded")
 
 
+#: Loggers of HTTP clients that write whole response bodies at DEBUG (kubernetes releases up
+#: to 33 log ``response body: ...`` in ``kubernetes.client.rest``, Secrets included).
+_BODY_LOGGERS = ("kubernetes.client.rest",)
+
+
+def _above_debug(record: logging.LogRecord) -> bool:
+    return record.levelno > logging.DEBUG
+
+
+def _never_log_bodies() -> None:
+    """Drop the DEBUG records of client loggers that carry response bodies: a filter on the
+    logger itself, so it holds at any level anyone sets (``--verbose`` sets the root to
+    DEBUG; a user may set every logger to DEBUG)."""
+    for name in _BODY_LOGGERS:
+        logger = logging.getLogger(name)
+        if _above_debug not in logger.filters:
+            logger.addFilter(_above_debug)
+
+
 def _run(args: argparse.Namespace) -> int:
     import kopf
 
@@ -94,6 +113,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     logging.getLogger("amphora_operator").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     logging.getLogger("kopf.objects").addFilter(_drop_tracking_successes)
+    _never_log_bodies()
     options = RunOptions(
         config=config,
         kubeconfig=args.kubeconfig,

@@ -14,6 +14,7 @@ from amphora_operator.model import SpecType
 __all__ = [
     "BreakerConfig",
     "GarbageCollectionConfig",
+    "ImportConfig",
     "LeaderElectionConfig",
     "OperatorConfig",
     "ProfileConfig",
@@ -31,6 +32,29 @@ class BreakerConfig(_Config):
     reset_timeout: Annotated[float, Field(gt=0, description="Seconds open before a trial.")] = 30.0
 
 
+class ImportConfig(_Config):
+    """Imports (``spec.importId``) a profile allows beyond the default rule: an Amphora may
+    import only an instance this operator built for the same namespace (e.g. one released
+    earlier with ``deletionPolicy: Orphan``). See :mod:`amphora_operator.tenancy`."""
+
+    allowed_namespaces: Annotated[
+        list[str],
+        Field(
+            description="Namespaces whose Amphorae may import any instance this profile's "
+            "backend shows (trusted, administrators' namespaces only).",
+        ),
+    ] = []
+    required_tag: Annotated[
+        str | None,
+        Field(
+            min_length=1,
+            max_length=60,
+            description="An instance carrying this tag (set by an administrator on the "
+            "cloud) may be imported into any namespace; Amphorae may not set it in spec.tags.",
+        ),
+    ] = None
+
+
 class ProfileConfig(_Config):
     """One compute profile: a driver (entry point name) and its constructor options."""
 
@@ -39,6 +63,7 @@ class ProfileConfig(_Config):
         dict[str, Any], Field(description="Keyword arguments for the driver's constructor.")
     ] = {}
     breaker: BreakerConfig = BreakerConfig()
+    imports: ImportConfig = ImportConfig()
 
 
 class ReconcileConfig(_Config):

@@ -36,6 +36,7 @@ from amphora_operator.planner import (
     instance_name,
     owner_key,
 )
+from amphora_operator.tenancy import namespace_tag
 
 __all__ = ["Effects", "failure_of", "owner_resource", "spec_field_path"]
 
@@ -81,8 +82,9 @@ def failure_of(action: str, error: BaseException) -> Failure:
             message = f"{spec_field_path(error.field)}: {message.split(': ', 1)[-1]}"
         return Failure(action, error.reason, message, error.retryable)
     if isinstance(error, SecretNotFound):
-        # The user may be about to create it: retried, Stalled after a few tries.
-        return Failure(action, error.reason, str(error), True)
+        # Missing: the user may be about to create it (retried, Stalled after a few tries);
+        # not consenting (no usable label) is terminal until the Secret or spec changes.
+        return Failure(action, error.reason, str(error), error.retryable)
     if isinstance(error, NotImplementedError):
         return Failure(action, Reason.UNSUPPORTED_TYPE, str(error), False)
     if isinstance(error, ValidationError):
@@ -190,10 +192,12 @@ class Effects:
             owner_resource=(
                 owner_resource(meta) if spec.deletion_policy is DeletionPolicy.DELETE else None
             ),
-            tags=tuple(spec.tags),
+            tags=(*spec.tags, namespace_tag(namespace)),
             availability_zone=spec.availability_zone,
             server_group=(
-                ServerGroup(name=spec.server_group.name, policy=spec.server_group.policy)
+                ServerGroup(
+                    name=spec.server_group.name, policy=spec.server_group.policy, scope=namespace
+                )
                 if spec.server_group is not None
                 else None
             ),

@@ -87,7 +87,7 @@ class Finalizer:
         try:
             backend = self._backend(body, spec)
             observation = (
-                await observe(backend, uid, spec, status)
+                await observe(backend, uid, spec, status, importing=False)
                 if spec is not None
                 else Observation(
                     current=await backend.by_id(status.compute_id) if status.compute_id else None,
@@ -99,7 +99,9 @@ class Finalizer:
                 await backend.delete(amphora_id)
             if present:  # look again at once: most backends confirm quickly
                 observation = (
-                    await observe(backend, uid, spec, status) if spec is not None else observation
+                    await observe(backend, uid, spec, status, importing=False)
+                    if spec is not None
+                    else observation
                 )
                 _, present = plan_deletion(spec=spec, status=status, observation=observation)
         except (UnknownProfileError, UnknownDriverError) as e:

@@ -19,6 +19,7 @@ from typing import Any, Protocol, TypeVar, cast
 from kubernetes import client
 
 from amphora_operator.model import GROUP, PLURAL, VERSION
+from amphora_operator.tenancy import USABLE_LABEL
 
 __all__ = ["Gateway", "KubeGateway", "SecretNotFound", "ThreadedGateway"]
 
@@ -30,9 +31,12 @@ log = logging.getLogger(__name__)
 class SecretNotFound(LookupError):
     """A referenced Secret or key is missing or unreadable; the message names the spec field."""
 
-    def __init__(self, message: str, reason: str = "SecretNotFound") -> None:
+    def __init__(
+        self, message: str, reason: str = "SecretNotFound", retryable: bool = True
+    ) -> None:
         super().__init__(message)
         self.reason = reason
+        self.retryable = retryable
 
 
 class KubeGateway:
@@ -119,6 +123,14 @@ class KubeGateway:
                     reason="SecretForbidden",
                 ) from e
             raise
+        labels = (secret.metadata.labels if secret.metadata else None) or {}
+        if labels.get(USABLE_LABEL) != "true":
+            raise SecretNotFound(
+                f"{field}: Secret {ref_name!r} does not consent to be read by the operator: "
+                f'label it {USABLE_LABEL}="true" to allow Amphorae to use it',
+                reason="SecretNotConsented",
+                retryable=False,
+            )
         data = secret.data or {}
         if key not in data:
             raise SecretNotFound(f"{field}: Secret {ref_name!r} has no key {key!r}")

@@ -359,11 +359,12 @@ class AmphoraSpec(_Model):
         list[Annotated[str, Field(min_length=1, max_length=MAX_TAG_LENGTH, pattern=TAG_PATTERN)]],
         Field(
             description=(
-                f"Tags put on the instance (at most {MAX_TAGS - 3}; no '/', ',' or control "
+                f"Tags put on the instance (at most {MAX_TAGS - 4}; no '/', ',' or control "
                 "characters)."
             ),
-            # Drivers add up to three tags of their own (owner, type, managed-by).
-            max_length=MAX_TAGS - 3,
+            # The operator adds the namespace tag, drivers up to three of their own (owner,
+            # type, managed-by).
+            max_length=MAX_TAGS - 4,
             json_schema_extra={"x-kubernetes-list-type": "set"},
         ),
     ] = []

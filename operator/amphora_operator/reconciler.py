@@ -48,6 +48,14 @@ from amphora_operator.planner import (
     plan_failure,
 )
 from amphora_operator.store import Store, slim
+from amphora_operator.tenancy import (
+    ImportRules,
+    Refusal,
+    claimed,
+    import_refusal,
+    import_rules,
+    tags_refusal,
+)
 
 __all__ = ["Interest", "Outcome", "Reconciler", "fingerprint", "observe"]
 
@@ -91,9 +99,14 @@ class Outcome:
 
 
 async def observe(
-    backend: Backend, uid: str, spec: AmphoraSpec, status: AmphoraStatus
+    backend: Backend, uid: str, spec: AmphoraSpec, status: AmphoraStatus, *, importing: bool = True
 ) -> Observation:
-    """Targeted lookups: by id where the id is known, by owner key before that."""
+    """Targeted lookups: by id where the id is known, by owner key before that.
+
+    ``importing``: look at ``spec.importId`` while nothing is adopted yet (reconcile passes,
+    which check the import rules first); deletion passes False, so an import that was never
+    adopted (e.g. refused: another tenant's instance) is never deleted.
+    """
 
     async def pick(amphora_id: str | None, owner: str | None) -> AmphoraInstance | None:
         if amphora_id is not None:
@@ -101,7 +114,7 @@ async def observe(
         return await backend.by_owner(owner) if owner is not None else None
 
     rep = status.replacement
-    current_id = status.compute_id or spec.import_id
+    current_id = status.compute_id or (spec.import_id if importing else None)
     return Observation(
         current=await pick(current_id, None if current_id else owner_key(uid, status.revision)),
         replacement=(
@@ -213,6 +226,12 @@ class Reconciler:
             await self.write(body, new)
             return Outcome(requeue_after=settings.retry_max)
 
+        rules = import_rules(backend.profile, self.config.profiles[backend.profile])
+        refused = tags_refusal(spec.tags, rules)
+        if refused is not None:
+            await self.write(body, _refuse(status, refused, generation, self.clock()))
+            return Outcome()
+
         first = first_sight(status, generation=generation, profile=backend.profile,
                             now=self.clock())  # fmt: skip
         if first is not None:
@@ -233,6 +252,10 @@ class Reconciler:
                 await self.write(body, new)
                 # No timer of its own: the poller's one probe per round wakes it.
                 return Outcome(interest=Interest(backend, {}, moving=True, waiting=True))
+            refused = self._import_refusal(meta, spec, status, observation, rules)
+            if refused is not None:
+                await self.write(body, _refuse(status, refused, generation, self.clock()))
+                return Outcome()
             if attempt == 1 and _not_visible_yet(status, observation):
                 # A backend that lists new instances late: not lost; the poller looks again.
                 body = await self.write(body, status)
@@ -314,6 +337,27 @@ class Reconciler:
                 extra={"amphora": f"{meta['namespace']}/{meta['name']}"},
             )
 
+    def _import_refusal(
+        self,
+        meta: dict[str, Any],
+        spec: AmphoraSpec,
+        status: AmphoraStatus,
+        observation: Observation,
+        rules: ImportRules,
+    ) -> Refusal | None:
+        """Whether ``spec.importId`` names an instance this Amphora may not adopt (checked
+        until it is adopted, i.e. while status has no computeId)."""
+        found = observation.current
+        if spec.import_id is None or status.compute_id is not None or found is None:
+            return None
+        others = (b for u in self.store.uids() if (b := self.store.get(u)) is not None)
+        return import_refusal(
+            found,
+            namespace=meta["namespace"],
+            rules=rules,
+            claimed=claimed(found, meta["uid"], others),
+        )
+
     async def _ensure_finalizer(self, body: dict[str, Any]) -> bool:
         """Our finalizer is on the object before anything can belong to it. Admission adds it
         (deploy/base/finalizer-policy.yaml); where the apiserver lacks MutatingAdmissionPolicy
@@ -332,6 +376,15 @@ class Reconciler:
             return False
         self.store.update(updated)
         return True
+
+
+def _refuse(
+    status: AmphoraStatus, refusal: Refusal, generation: int, now: datetime
+) -> AmphoraStatus:
+    """A tenancy rule refused the spec: terminal (Stalled) until the spec changes."""
+    return invalid(
+        status, reason=refusal.reason, message=refusal.message, generation=generation, now=now
+    )
 
 
 def _not_visible_yet(status: AmphoraStatus, observation: Observation) -> bool:

@@ -362,7 +362,10 @@ def test_secret_ref_outside_bound_namespaces_is_refused(
     core = k8s.CoreV1Api(kube_api)
     core.create_namespaced_secret(
         stranger,
-        k8s.V1Secret(metadata=k8s.V1ObjectMeta(name="boot"), string_data={"u": "#cloud-config"}),
+        k8s.V1Secret(
+            metadata=k8s.V1ObjectMeta(name="boot", labels={"amphora-operator.dev/usable": "true"}),
+            string_data={"u": "#cloud-config"},
+        ),
     )
     try:
         _create(

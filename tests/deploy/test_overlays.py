@@ -166,7 +166,12 @@ def test_single_namespace_overlay_grants_and_serves_one_namespace(
         api.create_namespaced_custom_object(GROUP, VERSION, other, PLURAL, amphora("ignored"))
         k8s.CoreV1Api(kube_api).create_namespaced_secret(
             WATCHED,
-            k8s.V1Secret(metadata=k8s.V1ObjectMeta(name="boot"), string_data={"u": "#!/bin/sh"}),
+            k8s.V1Secret(
+                metadata=k8s.V1ObjectMeta(
+                    name="boot", labels={"amphora-operator.dev/usable": "true"}
+                ),
+                string_data={"u": "#!/bin/sh"},
+            ),
         )
         wait_until(
             lambda: phase(kube_api, WATCHED, "watched"),

@@ -83,7 +83,11 @@ def test_a_vm_plan_is_a_valid_amphora_with_files_and_user_data_in_one_secret() -
         "file-0": "A",
         "file-1": "B",
     }
-    assert plan.secret["metadata"]["labels"] == plan.amphora["metadata"]["labels"]
+    # The Amphora's labels, plus the consent the operator requires to read it.
+    assert plan.secret["metadata"]["labels"] == {
+        **plan.amphora["metadata"]["labels"],
+        "amphora-operator.dev/usable": "true",
+    }
 
 
 def test_flavor_map_chooses_type_flavor_and_profile() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from amphora_operator.tenancy import USABLE_LABEL, namespace_tag
 from kubernetes import client as k8s
 from kubernetes.client import ApiClient
 
@@ -209,7 +210,7 @@ def test_missing_secret_is_a_condition_not_a_crash(
     assert operator.instances() == []
     k8s.CoreV1Api(kube_api).create_namespaced_secret(
         namespace,
-        k8s.V1Secret(metadata=k8s.V1ObjectMeta(name="boot"),
+        k8s.V1Secret(metadata=k8s.V1ObjectMeta(name="boot", labels={USABLE_LABEL: "true"}),
                      string_data={"cloud": "#cloud-config\n"}),
     )  # fmt: skip
     steps.wait_phase("secretive", "Ready", timeout=30)
@@ -217,7 +218,10 @@ def test_missing_secret_is_a_condition_not_a_crash(
 
 def test_import_and_observe_only(start_operator: StartOperator, steps: Steps) -> None:
     operator = start_operator()
-    existing = operator.compute().build(name="legacy", image_id="img", amphora_flavor="f")
+    # Built for this namespace (as the operator tags its own builds): importable here.
+    existing = operator.compute().build(
+        name="legacy", image_id="img", amphora_flavor="f", tags=[namespace_tag(steps.namespace)]
+    )
     steps.apply(amphora("watched", importId=existing, managementPolicy="ObserveOnly"))
     status = steps.wait_phase("watched", "Ready")
     assert status["computeId"] == existing

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from amphora_drivers.noop import NoopDriver
+from amphora_operator.tenancy import namespace_tag
 from kubernetes import client as k8s
 from kubernetes.client import ApiClient
 
@@ -120,7 +121,12 @@ def test_invalid_amphorae_are_refused_or_reported_and_leave_nothing(
     for secret_name, data in secrets.items():
         core.create_namespaced_secret(
             namespace,
-            k8s.V1Secret(metadata=k8s.V1ObjectMeta(name=secret_name), string_data=data),
+            k8s.V1Secret(
+                metadata=k8s.V1ObjectMeta(
+                    name=secret_name, labels={"amphora-operator.dev/usable": "true"}
+                ),
+                string_data=data,
+            ),
         )
     # (name, spec overrides, Ready reason, text the message must contain)
     reported: list[tuple[str, dict[str, Any], str, str]] = [
@@ -181,7 +187,8 @@ def test_invalid_amphorae_are_refused_or_reported_and_leave_nothing(
         "only the hostile-but-valid Amphorae may have instances"
     )
     tagged = instances[status_of(by_name["hostile-tags"])["computeId"]]
-    assert list(tagged.tags) == INJECTIONS, "tags were not stored verbatim"
+    # Verbatim, followed by the namespace tag the operator adds (amphora_operator.tenancy).
+    assert list(tagged.tags) == [*INJECTIONS, namespace_tag(namespace)], "tags not verbatim"
     assert not Path(PWNED).exists(), "a shell snippet in the spec was executed"
     assert process.poll() is None, f"the operator exited with {process.returncode}"
 

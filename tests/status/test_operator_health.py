@@ -254,7 +254,10 @@ def test_a_missing_secret_stalls_after_retries_and_recovers_when_created(
     assert "boot" in stalled.kstatus.message, stalled
     k8s.CoreV1Api(kube_api).create_namespaced_secret(
         namespace,
-        k8s.V1Secret(metadata=k8s.V1ObjectMeta(name="boot"), string_data={"cloud": "#cloud"}),
+        k8s.V1Secret(
+            metadata=k8s.V1ObjectMeta(name="boot", labels={"amphora-operator.dev/usable": "true"}),
+            string_data={"cloud": "#cloud"},
+        ),
     )
     judge.until("needy", "Current", "Healthy", timeout=30)
     judge.never_falsely_current()

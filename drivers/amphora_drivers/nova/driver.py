@@ -53,6 +53,8 @@ LOG = logging.getLogger(__name__)
 
 #: The lowest compute microversion the driver works with (server-group ``policy``).
 MIN_MICROVERSION = "2.64"
+#: The reason of a refusal by the profile's network or security-group rules.
+NOT_ALLOWED = "NotAllowed"
 OWNER_TAG_PREFIX = "amphora-owner:"
 TYPE_TAG_PREFIX = "amphora-type:"
 RESERVED_TAG_PREFIXES = (OWNER_TAG_PREFIX, TYPE_TAG_PREFIX)
@@ -196,6 +198,10 @@ class NovaDriver(AmphoraComputeDriver):
         delete_attempts: int = 3,
         delete_backoff: float = 0.2,
         lookup_cache_seconds: float = 60.0,
+        management_networks: Sequence[str] = (),
+        reserved_networks: Sequence[str] = (),
+        allowed_networks: Sequence[str] | None = None,
+        allowed_security_groups: Sequence[str] | None = None,
     ) -> None:
         """Configure the driver; nothing is contacted until the first call.
 
@@ -222,6 +228,15 @@ class NovaDriver(AmphoraComputeDriver):
         :param delete_backoff: seconds before the second try, doubled for each next one.
         :param lookup_cache_seconds: how long a found flavor, network or security group is
             reused without asking the cloud again (0 asks every time).
+        :param management_networks: networks (ids or names) the driver attaches first to every
+            server, for the operator's own use (e.g. Octavia's lb-mgmt-net); no request may
+            name them.
+        :param reserved_networks: more networks no request may name (they may still be
+            ``default_network_ids``, which the operator, not a request, chooses).
+        :param allowed_networks: when set, the only networks a request may name.
+        :param allowed_security_groups: when set, the only security groups a request may name.
+            Entries of these lists are ids or names, compared after resolving both sides to
+            ids, so a name cannot slip past an id (or the reverse).
         """
         sources = [s for s in (clouds_yaml, clouds_yaml_content, connection) if s is not None]
         if len(sources) != 1:
@@ -254,6 +269,17 @@ class NovaDriver(AmphoraComputeDriver):
         self._lock = threading.Lock()
         self._image_lookup: ImageLookup = image_lookup or _GlanceImageLookup(self, image_owner)
         self._lookups = _TTLCache(lookup_cache_seconds)
+        self.management_networks = tuple(management_networks)
+        self.reserved_networks = tuple(reserved_networks)
+        self.allowed_networks = None if allowed_networks is None else tuple(allowed_networks)
+        self.allowed_security_groups = (
+            None if allowed_security_groups is None else tuple(allowed_security_groups)
+        )
+        #: Held from choosing a server group until the server that joins it is created, and
+        #: while empty groups are deleted: a group is never deleted under a build using it.
+        self._groups_lock = threading.RLock()
+        #: Server id -> ids of its scoped server groups, checked once the server is gone.
+        self._leaving: dict[str, list[str]] = {}
         install_log_redaction()
 
     # -- connection -------------------------------------------------------------------------
@@ -332,10 +358,11 @@ class NovaDriver(AmphoraComputeDriver):
             raise invalid("amphora_flavor", "amphora_flavor: required (no default_flavor)")
         if not (request.image_id or self.default_image):
             raise invalid("image_id", "image_id: required (no default_image)")
-        if not (request.network_ids or self.default_network_ids):
+        if not (request.network_ids or self.default_network_ids or self.management_networks):
             raise invalid(
                 "network_ids",
-                "network_ids: give at least one network id (no default_network_ids); the "
+                "network_ids: give at least one network id (no default_network_ids or "
+                "management_networks); the "
                 "driver never lets Nova pick ('auto' fails when several networks exist)",
             )
         self._user_data(request)
@@ -345,32 +372,40 @@ class NovaDriver(AmphoraComputeDriver):
         user_data = self._user_data(request)
         flavor_id = self._flavor(request)
         image_id = self._image(request.image_id or self.default_image or "")
-        networks = request.network_ids or self.default_network_ids
+        requested = [(n, self._network(n)) for n in request.network_ids]
+        self._check_networks(requested)
+        groups = [(g, self._security_group(g)) for g in request.sec_groups]
+        self._check_security_groups(groups)
+        chosen = [i for _, i in requested] or [self._network(n) for n in self.default_network_ids]
+        management = [self._network(n) for n in self.management_networks]
         attrs: dict[str, Any] = {
             "name": request.name,
             "flavor_id": flavor_id,
             "image_id": image_id,
-            "networks": [{"uuid": self._network(n)} for n in networks],
+            "networks": [{"uuid": i} for i in _unique([*management, *chosen])],
             "tags": self._tags(request),
             "config_drive": True,
         }
         if user_data is not None:
             attrs["user_data"] = user_data
-        if request.sec_groups:
-            attrs["security_groups"] = [
-                {"name": self._security_group(g)} for g in request.sec_groups
-            ]
+        if groups:
+            attrs["security_groups"] = [{"name": i} for _, i in groups]
         if request.availability_zone:
             attrs["availability_zone"] = request.availability_zone
-        if request.server_group is not None:
+        if request.server_group is None:
+            return self._create_server(request, attrs)
+        with self._groups_lock:  # the group cannot be swept before the server joins it
             attrs["scheduler_hints"] = {"group": self._server_group(request.server_group)}
+            return self._create_server(request, attrs)
+
+    def _create_server(self, request: BuildRequest, attrs: dict[str, Any]) -> str:
         LOG.info(
             "creating Nova server name=%s owner=%s type=%s flavor=%s image=%s networks=%s",
             request.name,
             request.owner,
             request.amphora_type.value,
-            flavor_id,
-            image_id,
+            attrs["flavor_id"],
+            attrs["image_id"],
             [n["uuid"] for n in attrs["networks"]],
         )
         try:
@@ -532,15 +567,76 @@ class NovaDriver(AmphoraComputeDriver):
             )
         return str(found.id)
 
+    # -- the profile's tenancy rules ------------------------------------------------------
+
+    def _check_networks(self, requested: Sequence[tuple[str, str]]) -> None:
+        """Refuse reserved networks and, with an allow-list, any other network (terminal)."""
+        reserved = self._ids("network", (*self.management_networks, *self.reserved_networks))
+        allowed = (
+            None if self.allowed_networks is None else self._ids("network", self.allowed_networks)
+        )
+        for ref, network_id in requested:
+            if network_id in reserved:
+                raise _not_allowed(
+                    "network_ids",
+                    f"network {ref!r} is reserved for the operator's own use (profile options "
+                    "management_networks, reserved_networks)",
+                )
+            if allowed is not None and network_id not in allowed:
+                raise _not_allowed(
+                    "network_ids",
+                    f"network {ref!r} is not allowed by the profile (allowed_networks: "
+                    f"{', '.join(self.allowed_networks or ()) or 'none'})",
+                )
+
+    def _check_security_groups(self, requested: Sequence[tuple[str, str]]) -> None:
+        if self.allowed_security_groups is None:
+            return
+        allowed = self._ids("security_group", self.allowed_security_groups)
+        listed = ", ".join(self.allowed_security_groups) or "none"
+        for ref, group_id in requested:
+            if group_id not in allowed:
+                raise _not_allowed(
+                    "sec_groups",
+                    f"security group {ref!r} is not allowed by the profile "
+                    f"(allowed_security_groups: {listed})",
+                )
+
+    def _ids(self, kind: str, refs: Sequence[str]) -> set[str]:
+        """Ids of a rule's entries (ids or names); an entry that names nothing (a network
+        deleted since) matches nothing, while lookups that fail for other reasons raise."""
+        resolve = self._network if kind == "network" else self._security_group
+        ids = set()
+        for ref in refs:
+            try:
+                ids.add(resolve(ref))
+            except AmphoraBuildError as e:
+                if e.reason not in (Reason.NETWORK_NOT_FOUND, Reason.INVALID_INPUT):
+                    raise
+                ids.add(ref)  # compared literally: an id Neutron no longer knows
+        return ids
+
+    # -- server groups ----------------------------------------------------------------------
+
+    def _group_name(self, group: ServerGroup) -> str:
+        """The Nova name of ``group``: scoped groups carry the managed tag and their scope
+        (``<managed_tag>:<scope>:<name>``), so equal names of two scopes never meet."""
+        if group.scope is None:
+            return group.name
+        return f"{self.managed_tag}:{group.scope}:{group.name}"
+
+    def _is_scoped(self, nova_name: str | None) -> bool:
+        return bool(nova_name) and str(nova_name).startswith(f"{self.managed_tag}:")
+
     def _server_group(self, group: ServerGroup) -> str:
-        """Reuse the project's server group of that name, or create it (racing creators agree)."""
+        """Reuse the server group of that (scoped) name, or create it (racing creators agree)."""
         try:
             same = self._groups_named(group)
             if same:
                 chosen = min(same, key=lambda g: g.id)
             else:
                 created = self._compute.create_server_group(
-                    name=group.name, policy=group.policy.value
+                    name=self._group_name(group), policy=group.policy.value
                 )
                 # Two builds may create the group at once: both keep the lowest id.
                 chosen = min(self._groups_named(group) or [created], key=lambda g: g.id)
@@ -557,7 +653,35 @@ class NovaDriver(AmphoraComputeDriver):
         return str(chosen.id)
 
     def _groups_named(self, group: ServerGroup) -> list[Any]:
-        return [g for g in self._compute.server_groups() if g.name == group.name]
+        name = self._group_name(group)
+        return [g for g in self._compute.server_groups() if g.name == name]
+
+    def _note_leaving(self, amphora_id: str) -> None:
+        """Before deleting a server: remember its scoped groups, and delete scoped groups
+        that are already empty (left over from a restart or a failed create)."""
+        with self._groups_lock:
+            groups = [g for g in self._compute.server_groups() if self._is_scoped(g.name)]
+            mine = [g.id for g in groups if amphora_id in (g.member_ids or ())]
+            if mine:
+                self._leaving[amphora_id] = mine
+            for group in groups:
+                if not group.member_ids:
+                    self._delete_group(group.id)
+
+    def _groups_left(self, amphora_id: str) -> None:
+        """The server is gone: delete each of its scoped groups it was the last member of."""
+        with self._groups_lock:
+            for group_id in self._leaving.pop(amphora_id, ()):
+                try:
+                    group = self._compute.get_server_group(group_id)
+                except openstack.exceptions.NotFoundException:
+                    continue
+                if not group.member_ids:
+                    self._delete_group(group_id)
+
+    def _delete_group(self, group_id: str) -> None:
+        self._compute.delete_server_group(group_id, ignore_missing=True)
+        LOG.info("deleted empty server group %s", group_id)
 
     # -- observe ----------------------------------------------------------------------------
 
@@ -572,6 +696,8 @@ class NovaDriver(AmphoraComputeDriver):
         try:
             if amphora_id is not None:
                 servers = self._server_or_none(amphora_id)
+                if not servers and amphora_id in self._leaving:
+                    self._groups_left(amphora_id)
             else:
                 query: dict[str, Any] = {"tags": self.managed_tag}
                 if owner is not None:
@@ -636,6 +762,10 @@ class NovaDriver(AmphoraComputeDriver):
         retried in place, at most ``delete_attempts`` tries, then raised; terminal ones (401,
         403) at once.
         """
+        try:
+            self._note_leaving(amphora_id)
+        except API_ERRORS as e:  # groups are tidied later; the delete matters now
+            LOG.warning("server groups of %s not checked: %s", amphora_id, type(e).__name__)
         for attempt in range(1, self.delete_attempts + 1):
             try:
                 self._compute.delete_server(amphora_id, ignore_missing=True)
@@ -711,6 +841,17 @@ class NovaDriver(AmphoraComputeDriver):
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+
+def _not_allowed(field: str, message: str) -> AmphoraBuildError:
+    """A terminal refusal by the profile's rules, naming the field and the rule."""
+    return AmphoraBuildError(
+        f"{field}: {message}", reason=NOT_ALLOWED, retryable=False, field=field
+    )
+
+
+def _unique(ids: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(ids))
 
 
 def _tag_value(tags: Sequence[str], prefix: str, kind: Callable[[str], _T]) -> _T | None:

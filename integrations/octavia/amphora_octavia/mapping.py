@@ -314,7 +314,12 @@ def plan_build(
             "apiVersion": "v1",
             "kind": "Secret",
             "type": "Opaque",
-            "metadata": {"name": ref, "namespace": settings.namespace, "labels": dict(labels)},
+            "metadata": {
+                "name": ref,
+                "namespace": settings.namespace,
+                # The operator reads only Secrets that consent (amphora_operator.tenancy).
+                "labels": {**labels, "amphora-operator.dev/usable": "true"},
+            },
             "stringData": data,
         }
     amphora = {
