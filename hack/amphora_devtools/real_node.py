@@ -578,19 +578,34 @@ state = "{state}/containerd/state"
             subprocess.run(["ip", "link", "delete", self.bridge], capture_output=True, check=False)
 
     @staticmethod
-    def _remove_cgroups() -> None:
-        """The kubelet's ``kubepods`` cgroups (empty once every container is gone)."""
-        for controller in CGROUP_ROOT.iterdir() if CGROUP_ROOT.is_dir() else ():
-            top = controller / "kubepods"
-            if not top.is_dir() or top.is_symlink():
-                continue
-            for directory in sorted(
-                (d for d in top.rglob("*") if d.is_dir()), key=lambda d: len(d.parts), reverse=True
-            ):
+    def _remove_cgroups(timeout: float = 10.0) -> None:
+        """The kubelet's ``kubepods`` cgroups. A cgroup can be removed only once empty: a
+        container process may still be exiting after its shim is gone, so processes left in
+        them (this node's containers) are killed and removal is retried until ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = [
+                d
+                for controller in (CGROUP_ROOT.iterdir() if CGROUP_ROOT.is_dir() else ())
+                if (top := controller / "kubepods").is_dir() and not top.is_symlink()
+                for d in sorted(
+                    (top, *(d for d in top.rglob("*") if d.is_dir())),
+                    key=lambda d: len(d.parts),
+                    reverse=True,
+                )
+            ]
+            for directory in left:
                 with contextlib.suppress(OSError):
                     directory.rmdir()
-            with contextlib.suppress(OSError):
-                top.rmdir()
+            left = [d for d in left if d.is_dir()]
+            if not left or time.monotonic() > deadline:
+                return
+            for directory in left:
+                with contextlib.suppress(OSError, ValueError):
+                    for pid in (directory / "cgroup.procs").read_text().split():
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(int(pid), signal.SIGKILL)
+            time.sleep(0.2)
 
     def _remove_log_links(self) -> None:
         """The kubelet's ``/var/log/containers`` links into our pod-logs dir."""
