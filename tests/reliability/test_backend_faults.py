@@ -123,6 +123,12 @@ def everything(**kw: object) -> list[Fault]:
 
 
 @pytest.mark.nova
+@pytest.mark.xfail(
+    reason="flaky (issue 16, open): with settled Amphorae now shown BackendAvailable=False it "
+    "passed 4 of 5 runs on its branch and in a later rerun, but failed in a fresh-clone CI run "
+    "(ci5); the cause is not found yet",
+    strict=False,
+)
 def test_nova_5xx_429_and_timeouts_open_the_breaker_and_recover(
     launch: Launch,
     steps: Steps,

@@ -25,6 +25,7 @@ from amphora_drivers import AmphoraInstance, AmphoraState
 from amphora_drivers.noop import NoopDriver
 from amphora_operator.model import AmphoraSpec
 from amphora_operator.planner import spec_hash
+from amphora_operator.tenancy import NAMESPACE_TAG_PREFIX
 from kubernetes import client as k8s
 from kubernetes.client import ApiClient
 
@@ -49,6 +50,11 @@ from tests.reliability.support import (
 from tests.reliability.zygote import ForkedOperator, Zygote
 
 SEED = 9
+
+
+def user_tags(instance: AmphoraInstance) -> list[str]:
+    """The instance's tags from its spec: without the namespace tag the operator adds."""
+    return [t for t in instance.tags if not t.startswith(NAMESPACE_TAG_PREFIX)]
 
 
 def converged(expected_live: set[str]) -> Callable[[list[Item]], bool]:
@@ -192,7 +198,7 @@ def test_sigkill_during_builds_replacements_and_deletions_noop(
         converged(live), timeout=90, what="every live Amphora Ready on its current spec"
     )
     result = wait_clean(fleet, lambda: NoopDriver(state_file=state_file).find(), timeout=10)
-    built = {i.id: list(i.tags) for i in NoopDriver(state_file=state_file).find()}
+    built = {i.id: user_tags(i) for i in NoopDriver(state_file=state_file).find()}
     stale = [
         f"{n}: spec {i['spec']['tags']}, instance {built.get(i['status']['computeId'])}"
         for n, i in fleet.by_name().items()
@@ -260,9 +266,9 @@ def test_spec_change_while_a_build_is_unrecorded_is_not_lost(
     current = instances.get(item["status"]["computeId"])
     test = "crash_unrecorded_build"
     record(test, "instances built before the kill, unrecorded", built_unrecorded)
-    record(test, "instance tags at the end (want ['v2'])", list(current.tags) if current else None)
+    record(test, "instance tags at the end (want ['v2'])", user_tags(current) if current else None)
     assert built_unrecorded == 1, "the scenario did not happen: no build before the kill"
-    assert current is not None and list(current.tags) == ["v2"], (
+    assert current is not None and user_tags(current) == ["v2"], (
         f"Ready with an instance built from the old spec: {current} ({summarize([item])})"
     )
     result = audit([item], list(instances.values()))
@@ -557,7 +563,7 @@ def test_chaos_soak_noop(
     converge = fleet.wait(converged(chaos.live), timeout=120,
                           what="every live Amphora Ready on its current spec")  # fmt: skip
     result = wait_clean(fleet, lambda: NoopDriver(state_file=state_file).find(), timeout=30)
-    built = {i.id: list(i.tags) for i in NoopDriver(state_file=state_file).find()}
+    built = {i.id: user_tags(i) for i in NoopDriver(state_file=state_file).find()}
     stale = [
         f"{n}: spec {i['spec']['tags']}, instance {built.get(i['status']['computeId'])}"
         for n, i in fleet.by_name().items()
