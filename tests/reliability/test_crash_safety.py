@@ -57,6 +57,17 @@ def user_tags(instance: AmphoraInstance) -> list[str]:
     return [t for t in instance.tags if not t.startswith(NAMESPACE_TAG_PREFIX)]
 
 
+def noop_tag_mismatches(state_file: Path, items: list[Item]) -> list[str]:
+    """Amphorae whose noop instance was not built from their current spec's tags."""
+    built = {i.id: user_tags(i) for i in NoopDriver(state_file=state_file).find()}
+    return [
+        f"{i['metadata']['name']}: spec {i['spec']['tags']}, "
+        f"instance {built.get(i['status']['computeId'])}"
+        for i in items
+        if built.get(i["status"]["computeId"]) != list(i["spec"]["tags"])
+    ]
+
+
 def converged(expected_live: set[str]) -> Callable[[list[Item]], bool]:
     """Exactly ``expected_live`` exist, each settled on a spec hash of its current spec."""
 
@@ -198,12 +209,7 @@ def test_sigkill_during_builds_replacements_and_deletions_noop(
         converged(live), timeout=90, what="every live Amphora Ready on its current spec"
     )
     result = wait_clean(fleet, lambda: NoopDriver(state_file=state_file).find(), timeout=10)
-    built = {i.id: user_tags(i) for i in NoopDriver(state_file=state_file).find()}
-    stale = [
-        f"{n}: spec {i['spec']['tags']}, instance {built.get(i['status']['computeId'])}"
-        for n, i in fleet.by_name().items()
-        if built.get(i["status"]["computeId"]) != list(i["spec"]["tags"])
-    ]
+    stale = noop_tag_mismatches(state_file, fleet.items())
     test = "crash_safety_noop"
     record(test, "kills", crasher.kills)
     record(test, "amphorae", len(names))
@@ -563,12 +569,7 @@ def test_chaos_soak_noop(
     converge = fleet.wait(converged(chaos.live), timeout=120,
                           what="every live Amphora Ready on its current spec")  # fmt: skip
     result = wait_clean(fleet, lambda: NoopDriver(state_file=state_file).find(), timeout=30)
-    built = {i.id: user_tags(i) for i in NoopDriver(state_file=state_file).find()}
-    stale = [
-        f"{n}: spec {i['spec']['tags']}, instance {built.get(i['status']['computeId'])}"
-        for n, i in fleet.by_name().items()
-        if built.get(i["status"]["computeId"]) != list(i["spec"]["tags"])
-    ]
+    stale = noop_tag_mismatches(state_file, fleet.items())
     collected = collected_orphans(operator.logs())
     test = "chaos_soak_noop"
     record(test, "kills", crasher.kills)

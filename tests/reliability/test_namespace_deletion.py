@@ -21,7 +21,14 @@ from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
 from tests.fixtures.control_plane import Cluster
-from tests.fixtures.operator import GROUP, PLURAL, VERSION, OperatorProcess, noop_config
+from tests.fixtures.operator import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    OperatorProcess,
+    noop_config,
+    strip_finalizers,
+)
 from tests.operator.scenario import amphora
 from tests.reliability.support import Fleet, record, settled
 
@@ -90,11 +97,5 @@ def test_namespace_with_container_amphorae_is_deleted_within_60_s(
     finally:
         operator.stop()
         if not gone(core, namespace):  # a failed run: leave nothing behind for the next test
-            for leftover in api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)[
-                "items"
-            ]:
-                api.patch_namespaced_custom_object(
-                    GROUP, VERSION, namespace, PLURAL, leftover["metadata"]["name"],
-                    {"metadata": {"finalizers": None}},
-                )  # fmt: skip
+            strip_finalizers(api, namespace)
             core.delete_namespace(namespace)
