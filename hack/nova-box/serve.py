@@ -53,6 +53,7 @@ from nova.api import auth as nova_auth
 from nova.tests import fixtures as nova_fixtures
 from nova.tests.functional import integrated_helpers
 from nova.virt import fake
+from placement import deploy as placement_deploy
 
 BAREMETAL_RESOURCE_CLASS = "CUSTOM_BAREMETAL_AMPHORA"
 _PROJECT_IN_URL = re.compile(r"^/v2(?:\.1)?/([0-9a-f-]+)(?:/|$)")
@@ -138,6 +139,29 @@ class ReaderPreferringLock:
                 if not self._writer_depth:
                     self._writer = None
                 self._changed.notify_all()
+
+
+def one_request_at_a_time(loadapp: Callable[..., WSGIApp]) -> Callable[..., WSGIApp]:
+    """Placement's app loader, wrapped so that its app serves one request at a time.
+
+    Placement's fixture keeps its database in one in-memory SQLite whose table locks answer
+    "database is locked" at once (a shared cache has no busy wait): two computes deleting
+    allocations together failed one with 500, and Nova then left that server in ``deleting``
+    for ever (seen as a soak server never gone). Placement never calls back into Nova, so a
+    plain lock around each whole request cannot close a cycle.
+    """
+
+    def load(*args: Any, **kwargs: Any) -> WSGIApp:
+        app = loadapp(*args, **kwargs)
+        lock = threading.Lock()
+
+        def serialized(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+            with lock:
+                return list(app(environ, start_response))
+
+        return serialized
+
+    return load
 
 
 class NovaBox(integrated_helpers._IntegratedTestBase):
@@ -320,6 +344,7 @@ def serve(stdout: TextIO, stderr: TextIO) -> None:
     nova_fixtures.NeutronFixture.find_resource = find_resource  # type: ignore[attr-defined]
     # The package's ``nova`` attribute is the top-level package, not this module: by name.
     sys.modules["nova.tests.fixtures.nova"].ReaderWriterLock = ReaderPreferringLock
+    placement_deploy.loadapp = one_request_at_a_time(placement_deploy.loadapp)
     NovaBox.computes_wanted = args.computes
     NovaBox.baremetal_wanted = args.baremetal_nodes
     real_context = nova_auth.NovaKeystoneContext._create_context
