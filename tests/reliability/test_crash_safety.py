@@ -595,13 +595,6 @@ def test_chaos_soak_noop(
 
 
 @pytest.mark.nova
-@pytest.mark.xfail(
-    reason="open (issue 16): on the shared 2-core machine (load average 15) this passed 1 of 3 "
-    "runs; in the 2 others the Nova box's Neutron stand-in lookups timed out (10 s) after the "
-    "last restart, so builds failed until the 120 s convergence wait ran out; no duplicate or "
-    "orphan was seen in any run",
-    strict=False,
-)
 def test_chaos_soak_nova(
     forked: Callable[[dict[str, Any]], ForkedOperator], kube_api: ApiClient, namespace: str,
     fleet: Fleet, state_file: Path, nova_box: NovaBoxInfo,

@@ -169,7 +169,7 @@ def test_nova_gone_after_build_waits_with_a_reason_and_orphan_releases(
     proxy: FaultProxy,
 ) -> None:
     tag = f"rel-gone-{uuid.uuid4().hex[:8]}"
-    config = nova_config(state_file, nova_box, tag, api_timeout=2)
+    config = nova_config(state_file, nova_box, tag)
     config["profiles"]["nova"]["options"]["clouds_yaml_content"] = yaml.safe_dump(proxy.clouds())
     launch(config)
     steps.apply(nova_amphora(nova_box, "cut-off"))

@@ -78,6 +78,9 @@ def test_a_reserved_network_is_refused_by_id_and_by_name(
     # A request naming no network gets the management network, attached by the driver.
     name, owner = fresh("mgmt")
     ids.append(driver.build(name=name, owner=owner))
+    # Nova fills in addresses during the build: read them once the server is ACTIVE.
+    wait_for(partial(driver.get_amphora, amphora_id=ids[-1]),
+             lambda i: i.state is AmphoraState.ACTIVE, timeout=TIMEOUT)  # fmt: skip
     server = admin.compute.get_server(ids[-1])
     assert set(server.addresses) == {nova_box.network_name}
     reserved_only, _ = make(
