@@ -347,15 +347,18 @@ class Reconciler:
     ) -> Refusal | None:
         """Whether ``spec.importId`` names an instance this Amphora may not adopt (checked
         until it is adopted, i.e. while status has no computeId)."""
-        found = observation.current
-        if spec.import_id is None or status.compute_id is not None or found is None:
+        if spec.import_id is None or status.compute_id is not None:
             return None
+        found = observation.current
+        if found is not None and found.state in (AmphoraState.DELETED, AmphoraState.DELETING):
+            found = None  # as the planner sees it: nothing to import
         others = (b for u in self.store.uids() if (b := self.store.get(u)) is not None)
         return import_refusal(
             found,
+            import_id=spec.import_id,
             namespace=meta["namespace"],
             rules=rules,
-            claimed=claimed(found, meta["uid"], others),
+            claimed=found is not None and claimed(found, meta["uid"], others),
         )
 
     async def _ensure_finalizer(self, body: dict[str, Any]) -> bool:

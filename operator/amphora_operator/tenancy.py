@@ -106,32 +106,44 @@ def tags_refusal(tags: Sequence[str], rules: ImportRules) -> Refusal | None:
 
 
 def import_refusal(
-    instance: AmphoraInstance, *, namespace: str, rules: ImportRules, claimed: bool = False
+    instance: AmphoraInstance | None,
+    *,
+    import_id: str,
+    namespace: str,
+    rules: ImportRules,
+    claimed: bool = False,
 ) -> Refusal | None:
-    """None when an Amphora in ``namespace`` may import ``instance``, else why not.
+    """None when an Amphora in ``namespace`` may import ``instance`` (None: not on the
+    backend), else why not.
 
-    ``claimed``: another live Amphora manages this instance (its status holds the id, or the
-    owner key is its UID); the import then waits for its release. The message never names
-    the other Amphora (it may live in another namespace).
+    A missing instance gets the very refusal a forbidden one gets, unless the namespace may
+    import any instance: otherwise a tenant could tell another namespace's ids from unused
+    ones (ImportNotFound vs ImportRefused). ``claimed``: another live Amphora manages this
+    instance (its status holds the id, or the owner key is its UID); the import then waits
+    for its release. The message never names the other Amphora (it may live in another
+    namespace).
     """
     own = namespace_tag(namespace)
-    allowed = (
-        own in instance.tags
-        or namespace in rules.allowed_namespaces
-        or (rules.required_tag is not None and rules.required_tag in instance.tags)
-    )
+    if instance is None:
+        allowed = namespace in rules.allowed_namespaces  # ImportNotFound tells it nothing new
+    else:
+        allowed = (
+            own in instance.tags
+            or namespace in rules.allowed_namespaces
+            or (rules.required_tag is not None and rules.required_tag in instance.tags)
+        )
     if not allowed:
         namespaces = ", ".join(sorted(rules.allowed_namespaces)) or "none"
         tag = repr(rules.required_tag) if rules.required_tag else "none"
         return Refusal(
             "spec.importId",
             "ImportRefused",
-            f"spec.importId: instance {instance.id} may not be imported into namespace "
-            f"{namespace!r}: only instances this operator built for the same namespace (tag "
-            f"{own!r}) may be, unless profile {rules.profile!r} allows it "
+            f"spec.importId: no instance {import_id} that namespace {namespace!r} may import: "
+            f"only instances this operator built for the same namespace (tag {own!r}) may be "
+            f"imported, unless profile {rules.profile!r} allows it "
             f"(imports.allowedNamespaces: {namespaces}; imports.requiredTag: {tag})",
         )
-    if claimed:
+    if claimed and instance is not None:
         return Refusal(
             "spec.importId",
             "ImportRefused",

@@ -35,11 +35,16 @@ def test_namespace_tags_fit_nova_and_never_collide() -> None:
 
 
 def test_an_instance_built_for_the_same_namespace_is_importable() -> None:
-    assert import_refusal(instance(namespace_tag("a")), namespace="a", rules=RULES) is None
+    assert (
+        import_refusal(instance(namespace_tag("a")), import_id="i-1", namespace="a", rules=RULES)
+        is None
+    )
 
 
 def test_another_namespaces_instance_is_refused_naming_the_rule() -> None:
-    refusal = import_refusal(instance(namespace_tag("b")), namespace="a", rules=RULES)
+    refusal = import_refusal(
+        instance(namespace_tag("b")), import_id="i-1", namespace="a", rules=RULES
+    )
     assert refusal is not None
     assert (refusal.field, refusal.reason) == ("spec.importId", "ImportRefused")
     assert "same namespace" in refusal.message and "imports.allowedNamespaces" in refusal.message
@@ -47,17 +52,38 @@ def test_another_namespaces_instance_is_refused_naming_the_rule() -> None:
 
 
 def test_an_untagged_instance_needs_the_profile_to_allow_it() -> None:
-    assert import_refusal(instance(), namespace="a", rules=RULES) is not None
+    assert import_refusal(instance(), import_id="i-1", namespace="a", rules=RULES) is not None
     by_namespace = ImportRules("nova", allowed_namespaces=frozenset({"admin"}))
-    assert import_refusal(instance(), namespace="admin", rules=by_namespace) is None
-    assert import_refusal(instance(), namespace="a", rules=by_namespace) is not None
+    assert (
+        import_refusal(instance(), import_id="i-1", namespace="admin", rules=by_namespace) is None
+    )
+    assert (
+        import_refusal(instance(), import_id="i-1", namespace="a", rules=by_namespace) is not None
+    )
     by_tag = ImportRules("nova", required_tag="importable")
-    assert import_refusal(instance("importable"), namespace="a", rules=by_tag) is None
-    assert import_refusal(instance("other"), namespace="a", rules=by_tag) is not None
+    assert (
+        import_refusal(instance("importable"), import_id="i-1", namespace="a", rules=by_tag) is None
+    )
+    assert (
+        import_refusal(instance("other"), import_id="i-1", namespace="a", rules=by_tag) is not None
+    )
+
+
+def test_a_missing_instance_is_refused_like_a_forbidden_one() -> None:
+    """Else a tenant could tell another namespace's instance ids from unused ones."""
+    forbidden = import_refusal(instance(namespace_tag("b")), import_id="i-1", namespace="a",
+                               rules=RULES)  # fmt: skip
+    missing = import_refusal(None, import_id="i-1", namespace="a", rules=RULES)
+    assert missing is not None and missing == forbidden
+    # A namespace that may import any instance learns nothing new: the planner's ImportNotFound.
+    anything = ImportRules("nova", allowed_namespaces=frozenset({"a"}))
+    assert import_refusal(None, import_id="i-1", namespace="a", rules=anything) is None
 
 
 def test_a_claimed_instance_is_refused_even_in_its_own_namespace() -> None:
-    refusal = import_refusal(instance(namespace_tag("a")), namespace="a", rules=RULES, claimed=True)
+    refusal = import_refusal(
+        instance(namespace_tag("a")), import_id="i-1", namespace="a", rules=RULES, claimed=True
+    )
     assert refusal is not None and "Orphan" in refusal.message
 
 
