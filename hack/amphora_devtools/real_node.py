@@ -57,6 +57,8 @@ CNI_BIN_DIR = Path("/usr/lib/cni")
 REQUIRED = ("containerd", "containerd-shim-runc-v2", "runc", "ctr")
 CONTAINER_LOGS = Path("/var/log/containers")
 CNI_NETWORK = "amphora-real-node"
+#: Names which real Node owns the machine-wide names (bridge, subnet, cgroups, CNI results).
+CLAIM = Path("/run/amphora-operator/real-node.json")
 #: libcni caches each attachment's result here (not configurable through containerd 1.6).
 CNI_RESULTS = Path("/var/lib/cni/results")
 #: Directories containerd's shims and runc create outside the state dir; removed when empty.
@@ -120,8 +122,10 @@ class RealNode:
         bridge: str = "amph-cni0",
         subnet: str = "10.88.77.0/24",
         gateway: str = "10.88.77.1",
+        claim: Path = CLAIM,
     ) -> None:
         self.state_dir = Path(state_dir).resolve()
+        self.claim = claim
         self.kubeconfig = Path(kubeconfig).resolve()
         #: The Node's name is its address: the apiserver reaches a kubelet by its Hostname
         #: address first, which is the node name, and nothing resolves a made-up one.
@@ -176,7 +180,10 @@ class RealNode:
         started = time.monotonic()
         self._preflight(progress)
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._check_claim()
         self._reap_previous(progress)
+        self.claim.parent.mkdir(parents=True, exist_ok=True)
+        self.claim.write_text(json.dumps({"state_dir": str(self.state_dir), "pid": os.getpid()}))
         try:
             self._write_configs()
             self._create_bridge()
@@ -231,6 +238,46 @@ class RealNode:
                 directory.rmdir()  # only if empty: another containerd may use them
         with contextlib.suppress(FileNotFoundError):
             self._pid_file.unlink()
+        if self._claimant() == self.state_dir:
+            self.claim.unlink(missing_ok=True)
+
+    def running(self) -> bool:
+        """Whether containerd or the kubelet recorded in this state dir still runs."""
+        self._load_pids()
+        return self._alive("containerd") or self._alive("kubelet")
+
+    def _claim_record(self) -> tuple[Path, int] | None:
+        try:
+            record = json.loads(self.claim.read_text())
+            return Path(record["state_dir"]), int(record["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _claimant(self) -> Path | None:
+        record = self._claim_record()
+        return None if record is None else record[0]
+
+    def _check_claim(self) -> None:
+        """Fail loudly when another real Node runs on this machine, before touching anything.
+
+        The Node's bridge, subnet, cgroups and CNI results have machine-wide names: a second
+        Node's start would tear down the first's (two test runs at once once failed that way,
+        with errors far from the cause). A claim whose process and Node are gone (a crash) is
+        taken over.
+        """
+        record = self._claim_record()
+        if record is not None and record[0] != self.state_dir:
+            other, claimer = record
+            node = RealNode(other, self.kubeconfig, bridge=self.bridge, claim=self.claim)
+            # The claiming process may still be starting it (no pids recorded yet), or the
+            # Node may run on after a CLI that started it exited.
+            if (claimer != os.getpid() and _alive(claimer)) or node.running():
+                raise RealNodeError(
+                    f"another real Node runs on this machine (state dir {other}, named in "
+                    f"{self.claim}); it uses the same machine-wide names (bridge {self.bridge}, "
+                    "cgroups): run one test suite or demo at a time, or stop it with "
+                    f"'python -m amphora_devtools.real_node down --state-dir {other}'"
+                )
 
     @staticmethod
     def _cni_results() -> list[Path]:
@@ -642,6 +689,7 @@ state = "{state}/containerd/state"
             "bridges": bridges,
             "cgroups": cgroups,
             "cni-results": [str(p) for p in self._cni_results()],
+            "claim": [str(self.claim)] if self._claimant() == self.state_dir else [],
         }
 
 
