@@ -142,7 +142,8 @@ def test_nova_5xx_429_and_timeouts_open_the_breaker_and_recover(
     launch(config)
     first = [f"nova-{i}" for i in range(4)]
     steps.apply(*(nova_amphora(nova_box, n) for n in first))
-    fleet.wait_all(first, settled, timeout=40, what="baseline Ready")
+    # How long real Nova takes to build a few servers on this machine now: the recovery bound.
+    baseline = fleet.wait_all(first, settled, timeout=60, what="baseline Ready")
 
     test = "backend_nova_faults"
     nova_names = list(first)
@@ -189,9 +190,10 @@ def test_nova_5xx_429_and_timeouts_open_the_breaker_and_recover(
     recovered = fleet.wait_all(
         nova_names,
         lambda i: settled(i) and not backend_down(i),
-        timeout=30,
+        timeout=90,
         what="every Nova Amphora Ready again after the cloud recovered",
     )
+    record(test, "seconds for the baseline Amphorae to be Ready (same run)", baseline)
     record(test, "seconds to recover after the faults cleared", recovered)
     result = wait_clean(
         fleet,
@@ -205,5 +207,7 @@ def test_nova_5xx_429_and_timeouts_open_the_breaker_and_recover(
     assert result.clean, result.report()
     assert result.instances == len(nova_names)
     # A trial sent just before the faults cleared times out first (api_timeout), then the
-    # breaker waits a reset timeout before the next; 10 s for the builds themselves.
-    assert recovered < api_timeout + 2 * RESET + 10
+    # breaker waits a reset timeout before the next; then the newcomers are built, which takes
+    # what builds take on this machine now (ci8: 3 builds in 15-20 s, each GET 0.4-1.4 s), so
+    # against the baseline of the same run, not a fixed figure.
+    assert recovered < api_timeout + 2 * RESET + 2 * baseline + 5
