@@ -11,13 +11,16 @@ count in ``amphora_orphans_collected_total`` and one log line (ids and reasons o
 
 It also finishes ``deletionPolicy: Orphan`` releases the finalizer could not complete (the
 backend did not answer): those instances are never collected and their release is retried
-every sweep, for as long as this process leads.
+every sweep. They are recorded in a ConfigMap in the operator's namespace
+(:data:`~.kube.RELEASES_CONFIGMAP`) before the finalizer goes, and read before the first
+sweep, so a restart or a new leader never collects an instance its user asked to keep.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import time
@@ -62,12 +65,19 @@ class Collector:
         self._swept: dict[int, tuple[Backend, str | None]] = {}
         #: Where Amphorae lived (by UID without dashes), for Events after they are gone.
         self._homes: dict[str, tuple[str, str]] = {}
-        #: Orphan releases to finish: instance id -> its backend.
-        self._releases: dict[str, Backend] = {}
+        #: Orphan releases to finish: instance id -> its backend (None: its profile is gone
+        #: from the configuration, so it is only spared).
+        self._releases: dict[str, Backend | None] = {}
+        self._releases_loaded = False
 
-    def spare(self, backend: Backend, amphora_id: str) -> None:
+    async def spare(self, backend: Backend, amphora_id: str, namespace: str) -> None:
         """Never collect ``amphora_id``; release it at the next sweeps (the finalizer's
-        release failed)."""
+        release failed). Recorded in the apiserver first: raises when it cannot be, and the
+        finalizer then stays until it can."""
+        record = json.dumps({"profile": backend.profile, "namespace": namespace})
+        await self.gateway.update_releases(
+            self.home_namespace, lambda pending: {**pending, amphora_id: record}
+        )
         self._releases[amphora_id] = backend
 
     async def run(self) -> None:
@@ -82,6 +92,8 @@ class Collector:
 
     async def sweep(self) -> int:
         """One sweep over every backend in use; returns how many instances were deleted."""
+        if not self._releases_loaded:  # no verdict before the recorded releases are known
+            await self._load_releases()
         await self._finish_releases()
         backends = self._backends_in_use()
         results = await asyncio.gather(*(self._sweep(b, ns) for b, ns in backends))
@@ -198,12 +210,35 @@ class Collector:
         return {"apiVersion": "v1", "kind": "Namespace",
                 "metadata": {"name": where, "namespace": where}}  # fmt: skip
 
+    async def _load_releases(self) -> None:
+        """The releases recorded by earlier processes or leaders, with their backends (swept
+        from now on, even if no Amphora uses them any more)."""
+        for amphora_id, text in (await self.gateway.read_releases(self.home_namespace)).items():
+            backend: Backend | None = None
+            with contextlib.suppress(Exception):  # unknown profile or bad record: spared only
+                record = json.loads(text)
+                backend = self.backends.get(record["profile"], record["namespace"])
+                scope = record["namespace"] if _namespaced(backend) else None
+                self._swept.setdefault(id(backend), (backend, scope))
+            self._releases.setdefault(amphora_id, backend)
+        self._releases_loaded = True
+
     async def _finish_releases(self) -> None:
         for amphora_id, backend in list(self._releases.items()):
+            if backend is None:
+                continue
             with contextlib.suppress(Exception):  # still down: the next sweep tries again
                 await backend.release(amphora_id)
+                await self.gateway.update_releases(self.home_namespace, _without(amphora_id))
                 del self._releases[amphora_id]
                 log.info("orphan release finished", extra={"instance": amphora_id})
+
+
+def _without(amphora_id: str) -> Callable[[dict[str, str]], dict[str, str]]:
+    def change(pending: dict[str, str]) -> dict[str, str]:
+        return {k: v for k, v in pending.items() if k != amphora_id}
+
+    return change
 
 
 def _namespaced(backend: Backend) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -42,10 +42,11 @@ class Finalizer:
         gateway: Gateway,
         reconciler: Reconciler,
         clock: Callable[[], datetime],
-        spare: Callable[[Backend, str], None] = lambda backend, amphora_id: None,
+        spare: Callable[[Backend, str, str], Awaitable[None]],
     ) -> None:
-        """``spare`` is told of instances left by Orphan whose release failed, so that garbage
-        collection never takes them and finishes their release (:mod:`.collector`)."""
+        """``spare(backend, instance id, namespace)`` records an instance left by Orphan whose
+        release failed, so that garbage collection never takes it and finishes its release
+        (:mod:`.collector`); when it raises, the finalizer stays and the pass is retried."""
         self.config = config
         self.backends = backends
         self.gateway = gateway
@@ -80,7 +81,7 @@ class Finalizer:
             if status.compute_id:  # left as it is, but never collected if we built it
                 with contextlib.suppress(Exception):
                     kept = self._backend(body, spec)
-                    await self._release(kept, uid, await kept.by_id(status.compute_id))
+                    await self._release(kept, body, await kept.by_id(status.compute_id))
             return None, Outcome()
         orphan = spec is not None and spec.deletion_policy is DeletionPolicy.ORPHAN
         backend: Backend | None = None
@@ -111,8 +112,8 @@ class Finalizer:
         except AmphoraComputeError as e:
             if orphan:  # best effort: Orphan never waits for the backend
                 log.warning("Orphan: leftover instances not deleted", exc_info=True)
-                if backend is not None and status.compute_id:
-                    self.spare(backend, status.compute_id)  # released once it answers
+                if backend is not None and status.compute_id:  # released once it answers
+                    await self.spare(backend, status.compute_id, body["metadata"]["namespace"])
                 return None, Outcome()
             failure = failure_of("delete", e)
             if failure.reason == Reason.FORBIDDEN:
@@ -125,7 +126,7 @@ class Finalizer:
                 body, status, "DriverUnavailable", f"{type(e).__name__}: {e}", None
             )
         if orphan and backend is not None:
-            await self._release(backend, uid, observation.current)
+            await self._release(backend, body, observation.current)
         if orphan and status.compute_id:
             self.gateway.post_event(
                 body, "Normal", "Orphaned",
@@ -166,16 +167,20 @@ class Finalizer:
         text = f"{message}; the finalizer is released {limit:g} s after the first refusal"
         return await self._wait(body, status, Reason.FORBIDDEN, text, None)
 
-    async def _release(self, backend: Backend, uid: str, instance: AmphoraInstance | None) -> None:
+    async def _release(
+        self, backend: Backend, body: dict[str, Any], instance: AmphoraInstance | None
+    ) -> None:
         """Drop our owner mark from an instance left running, so that garbage collection
-        never takes it; on failure the collector retries (an Orphan never waits)."""
-        if instance is None or uid_of(instance.owner) != uid.replace("-", ""):
+        never takes it; on failure it is recorded and the collector retries (an Orphan never
+        waits for the backend)."""
+        meta = body["metadata"]
+        if instance is None or uid_of(instance.owner) != meta["uid"].replace("-", ""):
             return  # gone, imported, or released already
         try:
             await backend.release(instance.id)
         except Exception:
             log.warning("release of an orphaned instance deferred", exc_info=True)
-            self.spare(backend, instance.id)
+            await self.spare(backend, instance.id, meta["namespace"])
 
     async def _wait(
         self,

@@ -1,4 +1,5 @@
-"""The operator's own Kubernetes calls: status writes, finalizers, Secret reads and Events.
+"""The operator's own Kubernetes calls: status writes, finalizers, Secret reads, Events and
+the record of pending releases.
 
 kopf owns watching; these calls go through the official client. :class:`KubeGateway` is
 synchronous; :class:`ThreadedGateway` runs it in a bounded thread pool and is what the runtime
@@ -21,9 +22,15 @@ from kubernetes import client
 from amphora_operator.model import GROUP, PLURAL, VERSION
 from amphora_operator.tenancy import USABLE_LABEL
 
-__all__ = ["Gateway", "KubeGateway", "SecretNotFound", "ThreadedGateway"]
+__all__ = ["RELEASES_CONFIGMAP", "Gateway", "KubeGateway", "SecretNotFound", "ThreadedGateway"]
 
 T = TypeVar("T")
+
+#: The ConfigMap (in the operator's namespace) naming instances left by ``deletionPolicy:
+#: Orphan`` whose release is still to be done: garbage collection never takes them, whichever
+#: replica leads and however often the operator restarts.
+RELEASES_CONFIGMAP = "amphora-operator-releases"
+_UPDATE_ATTEMPTS = 5
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +114,58 @@ class KubeGateway:
         )
         return cast(list[dict[str, Any]], cast(dict[str, Any], result)["items"])
 
+    def read_releases(self, namespace: str) -> dict[str, str]:
+        """The pending releases recorded in ``namespace`` (instance id -> record); none when
+        the ConfigMap does not exist. Any other failure raises: no verdict without it."""
+        try:
+            config_map = self.core.read_namespaced_config_map(
+                RELEASES_CONFIGMAP, namespace, _request_timeout=self.request_timeout
+            )
+        except client.ApiException as e:
+            if e.status == 404:
+                return {}
+            raise
+        return dict(config_map.data or {})
+
+    def update_releases(
+        self, namespace: str, change: Callable[[dict[str, str]], dict[str, str]]
+    ) -> None:
+        """Read, ``change`` and write the pending releases (compare-and-swap on the
+        resourceVersion, read again on a conflict); raises when it could not be written."""
+        for _ in range(_UPDATE_ATTEMPTS):
+            try:
+                current = self.core.read_namespaced_config_map(
+                    RELEASES_CONFIGMAP, namespace, _request_timeout=self.request_timeout
+                )
+            except client.ApiException as e:
+                if e.status != 404:
+                    raise
+                current = None
+            data = dict((current.data if current is not None else None) or {})
+            wanted = change(dict(data))
+            if wanted == data:
+                return
+            try:
+                if current is None:
+                    self.core.create_namespaced_config_map(
+                        namespace,
+                        client.V1ConfigMap(
+                            metadata=client.V1ObjectMeta(name=RELEASES_CONFIGMAP), data=wanted
+                        ),
+                        _request_timeout=self.request_timeout,
+                    )
+                else:
+                    current.data = wanted
+                    self.core.replace_namespaced_config_map(
+                        RELEASES_CONFIGMAP, namespace, current,
+                        _request_timeout=self.request_timeout,
+                    )  # fmt: skip
+                return
+            except client.ApiException as e:
+                if e.status != 409:  # 409: changed or created meanwhile; read it again
+                    raise
+        raise RuntimeError(f"{RELEASES_CONFIGMAP}: {_UPDATE_ATTEMPTS} write conflicts in a row")
+
     def read_secret_key(self, namespace: str, ref_name: str, key: str, field: str) -> bytes:
         """Return the decoded value of one Secret key; SecretNotFound names ``field``."""
         try:
@@ -189,6 +248,12 @@ class Gateway(Protocol):
 
     async def list_amphorae(self) -> list[dict[str, Any]]: ...
 
+    async def read_releases(self, namespace: str) -> dict[str, str]: ...
+
+    async def update_releases(
+        self, namespace: str, change: Callable[[dict[str, str]], dict[str, str]]
+    ) -> None: ...
+
     def post_event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
         """Fire and forget (best effort)."""
 
@@ -227,6 +292,14 @@ class ThreadedGateway:
 
     async def list_amphorae(self) -> list[dict[str, Any]]:
         return await self._run(self.kube.list_amphorae)
+
+    async def read_releases(self, namespace: str) -> dict[str, str]:
+        return await self._run(lambda: self.kube.read_releases(namespace))
+
+    async def update_releases(
+        self, namespace: str, change: Callable[[dict[str, str]], dict[str, str]]
+    ) -> None:
+        await self._run(lambda: self.kube.update_releases(namespace, change))
 
     def post_event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
         self.executor.submit(self.kube.post_event, body, type_, reason, message)

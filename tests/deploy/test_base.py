@@ -205,6 +205,10 @@ def _needs(tenant: str, anywhere: str) -> list[dict[str, Any]]:
         ),
         {"verb": "create", "resource": "leases", "group": "coordination.k8s.io",
          "namespace": OPERATOR_NAMESPACE},
+        # The record of pending Orphan releases.
+        *({"verb": v, "resource": "configmaps", "namespace": OPERATOR_NAMESPACE,
+           "name": "amphora-operator-releases"} for v in ("get", "update")),
+        {"verb": "create", "resource": "configmaps", "namespace": OPERATOR_NAMESPACE},
         # secretRefs in a namespace bound by examples/tenant-rbac.yaml.
         {"verb": "get", "resource": "secrets", "namespace": tenant, "name": "any-referenced"},
         # The container driver in that namespace.
@@ -258,6 +262,10 @@ def _refused(tenant: str, stranger: str) -> list[dict[str, Any]]:
         {"verb": "update", "resource": "leases", "group": "coordination.k8s.io",
          "namespace": "kube-system", "name": "amphora-operator"},
         {"verb": "get", "resource": "configmaps", "namespace": tenant, "name": "x"},
+        # Only its own ConfigMap of pending releases.
+        {"verb": "update", "resource": "configmaps", "namespace": OPERATOR_NAMESPACE,
+         "name": "amphora-operator-config"},
+        {"verb": "create", "resource": "configmaps", "namespace": tenant},
     ]  # fmt: skip
 
 

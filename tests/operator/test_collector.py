@@ -3,8 +3,11 @@ the fake Kubernetes gateway of test_runtime (the one MOCK, standing for the apis
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from amphora_drivers import AmphoraComputeError, BuildRequest, Reason
@@ -183,27 +186,85 @@ async def test_orphan_policy_releases_the_instance_and_it_is_never_collected() -
     assert kept.owner is None, "released: no owner mark left"
 
 
-@run_async
-async def test_a_release_that_fails_is_spared_and_finished_by_the_collector() -> None:
+def failing_release() -> tuple[dict[str, bool], Any]:
     failing = {"release": True}
 
     def on_call(method: str, arguments: Any) -> None:
         if method == "release" and failing["release"]:
             raise AmphoraComputeError("down", reason=Reason.BACKEND_UNAVAILABLE, retryable=True)
 
+    return failing, on_call
+
+
+async def orphan_whose_release_fails(runtime: Runtime, gateway: ListingGateway, name: str) -> str:
+    """An Orphan Amphora deleted while its backend refuses the release: its instance id."""
+    uid = create(runtime, gateway, name, deletionPolicy="Orphan")
+    await runtime.reconcile(uid)
+    compute_id = str(gateway.objects[name]["status"]["computeId"])
+    runtime.observe("MODIFIED", gateway.mark_deleted(name))
+    outcome = await runtime.reconcile(uid)
+    assert outcome is not None and outcome.released, "Orphan never waits for the backend"
+    runtime.observe("DELETED", gateway.objects.pop(name))
+    return compute_id
+
+
+@run_async
+async def test_a_release_that_fails_is_spared_and_finished_by_the_collector() -> None:
+    failing, on_call = failing_release()
     runtime, gateway, _ = runtime_with(options={"on_call": on_call})
     driver = runtime.backends.get("noop", "tenant").driver
     assert isinstance(driver, NoopDriver)
     collector_of(runtime, grace=0.0)
-    uid = create(runtime, gateway, "keep", deletionPolicy="Orphan")
-    await runtime.reconcile(uid)
-    compute_id = gateway.objects["keep"]["status"]["computeId"]
-    runtime.observe("MODIFIED", gateway.mark_deleted("keep"))
-    outcome = await runtime.reconcile(uid)
-    assert outcome is not None and outcome.released, "Orphan never waits for the backend"
-    runtime.observe("DELETED", gateway.objects.pop("keep"))
+    compute_id = await orphan_whose_release_fails(runtime, gateway, "keep")
+    assert set(gateway.releases["default"]) == {compute_id}, "recorded before the finalizer went"
     assert await runtime.collector.sweep() == 0, "spared while its release is pending"
     assert driver.get_amphora(amphora_id=compute_id).owner is not None
     failing["release"] = False
     assert await runtime.collector.sweep() == 0
     assert driver.get_amphora(amphora_id=compute_id).owner is None
+    assert gateway.releases["default"] == {}, "the record goes with the release"
+
+
+def test_a_pending_release_survives_a_restart_and_is_never_collected(tmp_path: Path) -> None:
+    asyncio.run(pending_release_across_a_restart(tmp_path))
+
+
+async def pending_release_across_a_restart(tmp_path: Path) -> None:
+    """The process that spared it is gone (a restart, or another replica leads now)."""
+    failing, on_call = failing_release()
+    options = {"state_file": str(tmp_path / "noop.json"), "on_call": on_call}
+    first, gateway, _ = runtime_with(options=options)
+    compute_id = await orphan_whose_release_fails(first, gateway, "keep")
+    second, _, driver = runtime_with(options=options)
+    second.gateway = second.collector.gateway = gateway  # the same apiserver
+    collector_of(second, grace=0.0)
+    stray = driver.create(BuildRequest(name="stray", owner=owner_key(str(uuid.uuid4()), 1)))
+    assert await second.collector.sweep() == 1, "the stray is collected, the kept one is not"
+    assert [i.id for i in driver.find()] == [compute_id] and stray != compute_id
+    failing["release"] = False
+    assert await second.collector.sweep() == 0
+    assert driver.get_amphora(amphora_id=compute_id).owner is None
+    assert gateway.releases["default"] == {}
+
+
+@run_async
+async def test_an_orphan_keeps_its_finalizer_while_its_release_cannot_be_recorded() -> None:
+    _, on_call = failing_release()
+    runtime, gateway, _ = runtime_with(options={"on_call": on_call})
+    uid = create(runtime, gateway, "keep", deletionPolicy="Orphan")
+    await runtime.reconcile(uid)
+    runtime.observe("MODIFIED", gateway.mark_deleted("keep"))
+    gateway.releases_down = True
+    with contextlib.suppress(ConnectionError):  # the worker retries the pass with backoff
+        await runtime.reconcile(uid)
+    assert runtime.config.garbage_collection.enabled
+    assert gateway.objects["keep"]["metadata"]["finalizers"], "no record, no release"
+    assert await _sweep_refused(runtime), "and no collection without the records"
+
+
+async def _sweep_refused(runtime: Runtime) -> bool:
+    try:
+        await runtime.collector.sweep()
+    except ConnectionError:
+        return True
+    return False

@@ -48,6 +48,9 @@ class FakeGateway:
         self.finalizer_patches: list[str] = []
         self.events: list[tuple[str, str]] = []
         self.secrets: dict[tuple[str, str], bytes] = {}
+        #: The pending-releases ConfigMap, per namespace; ``releases_down`` fails its calls.
+        self.releases: dict[str, dict[str, str]] = {}
+        self.releases_down = False
 
     def create(self, name: str, spec: dict[str, Any], *, finalizer: bool = True) -> dict[str, Any]:
         body = {
@@ -108,6 +111,16 @@ class FakeGateway:
         if (ref_name, key) not in self.secrets:
             raise SecretNotFound(f"{field}: Secret {ref_name!r} not found")
         return self.secrets[(ref_name, key)]
+
+    async def read_releases(self, namespace: str) -> dict[str, str]:
+        if self.releases_down:
+            raise ConnectionError("apiserver unreachable")
+        return dict(self.releases.get(namespace, {}))
+
+    async def update_releases(
+        self, namespace: str, change: Callable[[dict[str, str]], dict[str, str]]
+    ) -> None:
+        self.releases[namespace] = change(await self.read_releases(namespace))
 
     def post_event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
         self.events.append((body["metadata"]["name"], reason))

@@ -38,6 +38,19 @@ def waiting_with_reason(item: Item) -> bool:
     )
 
 
+def pending_releases(kube_api: ApiClient) -> dict[str, str]:
+    """The operator's record of unfinished Orphan releases (its namespace: "default" here)."""
+    try:
+        found = k8s.CoreV1Api(kube_api).read_namespaced_config_map(
+            "amphora-operator-releases", "default"
+        )
+    except k8s.ApiException as e:
+        if e.status == 404:
+            return {}
+        raise
+    return dict(found.data or {})
+
+
 def stuck_then_released(steps: Steps, fleet: Fleet, name: str, hold: float = 3.0) -> tuple[
     dict[str, str], float
 ]:  # fmt: skip
@@ -167,6 +180,7 @@ def test_nova_gone_after_build_waits_with_a_reason_and_orphan_releases(
     state_file: Path,
     nova_box: NovaBoxInfo,
     proxy: FaultProxy,
+    kube_api: ApiClient,
 ) -> None:
     tag = f"rel-gone-{uuid.uuid4().hex[:8]}"
     config = nova_config(state_file, nova_box, tag)
@@ -182,6 +196,16 @@ def test_nova_gone_after_build_waits_with_a_reason_and_orphan_releases(
         assert released < 10
         record("deletion_nova_gone", "seconds from Orphan to released", released)
         assert [s.id for s in nova_servers(nova_box, tag)] == [server], "Orphan keeps the server"
+        # Its release (dropping the owner mark) waits for Nova, recorded in the apiserver so
+        # that no restart or new leader collects it; the collector finishes it once Nova is back.
+        assert server in pending_releases(kube_api)
+        with proxy.lock:
+            proxy.faults.clear()
+        deadline = time.monotonic() + 30
+        while server in pending_releases(kube_api) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert server not in pending_releases(kube_api), "the release was never finished"
+        assert [s.id for s in nova_servers(nova_box, tag)] == [server], "released, not collected"
     finally:
         with contextlib.closing(nova_box.connection()) as conn:
             conn.compute.delete_server(server, ignore_missing=True)
