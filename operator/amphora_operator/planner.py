@@ -56,6 +56,7 @@ __all__ = [
     "Suspend",
     "backoff",
     "first_sight",
+    "gone",
     "instance_name",
     "invalid",
     "mark_failed",
@@ -182,7 +183,8 @@ def _copy(status: AmphoraStatus) -> AmphoraStatus:
     )
 
 
-def _gone(instance: AmphoraInstance | None) -> bool:
+def gone(instance: AmphoraInstance | None) -> bool:
+    """Nothing to manage or import: no instance, or one deleted or being deleted."""
     return instance is None or instance.state in (AmphoraState.DELETED, AmphoraState.DELETING)
 
 
@@ -214,7 +216,7 @@ def plan(
     current = observation.current
     if s.compute_id is None:
         if spec.import_id is not None:
-            if _gone(current):
+            if gone(current):
                 return _failed(
                     out,
                     spec,
@@ -226,7 +228,7 @@ def plan(
             assert current is not None
             s.compute_id, s.spec_hash = current.id, wanted_hash
             out.events.append(("Normal", "Imported", f"adopted instance {current.id}"))
-        elif current is not None and not _gone(current):
+        elif current is not None and not gone(current):
             # Built before a crash. Its spec hash is known if it was written; if not, it was
             # built from generation 1, which is this spec only if the spec never changed.
             s.compute_id = current.id
@@ -247,7 +249,7 @@ def plan(
             return _finish(out, spec, generation, stamp, stall_after)
 
     assert s.compute_id is not None
-    if current is None or _gone(current):
+    if current is None or gone(current):
         if not managed:
             s.addresses, s.raw_state = [], None
             return _failed(
@@ -366,12 +368,12 @@ def _plan_replacement(
         out.events.append(("Normal", "Replacing", f"spec changed; building revision {revision}"))
         return None
     if rep.compute_id is None:
-        if observed is not None and not _gone(observed):
+        if observed is not None and not gone(observed):
             s.replacement = rep.model_copy(update={"compute_id": observed.id})
         else:
             out.actions.append(Build(rep.revision, replacement=True))
         return None
-    if _gone(observed):
+    if gone(observed):
         s.replacement = Replacement(revision=rep.revision + 1, spec_hash=wanted_hash, reason="Lost")
         out.actions.append(Build(rep.revision + 1, replacement=True))
         return None

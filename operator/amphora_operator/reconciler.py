@@ -39,6 +39,7 @@ from amphora_operator.planner import (
     Failure,
     Observation,
     first_sight,
+    gone,
     invalid,
     needs_write,
     owner_key,
@@ -349,9 +350,7 @@ class Reconciler:
         until it is adopted, i.e. while status has no computeId)."""
         if spec.import_id is None or status.compute_id is not None:
             return None
-        found = observation.current
-        if found is not None and found.state in (AmphoraState.DELETED, AmphoraState.DELETING):
-            found = None  # as the planner sees it: nothing to import
+        found = None if gone(observation.current) else observation.current
         others = (b for u in self.store.uids() if (b := self.store.get(u)) is not None)
         return import_refusal(
             found,
