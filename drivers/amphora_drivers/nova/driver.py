@@ -669,7 +669,9 @@ class NovaDriver(AmphoraComputeDriver):
                     self._delete_group(group.id)
 
     def _groups_left(self, amphora_id: str) -> None:
-        """The server is gone: delete each of its scoped groups it was the last member of."""
+        """The server is gone (seen by id, or missing from a full listing, which is how the
+        operator's poller confirms deletions): delete each of its scoped groups it was the
+        last member of."""
         with self._groups_lock:
             for group_id in self._leaving.pop(amphora_id, ()):
                 try:
@@ -705,6 +707,12 @@ class NovaDriver(AmphoraComputeDriver):
                 if name is not None:
                     query["name"] = f"^{re.escape(name)}$"  # Nova's name filter is a regex
                 servers = list(self._compute.servers(**query))
+                if owner is None and name is None:  # every managed server: who has left?
+                    listed = {s.id for s in servers}
+                    with self._groups_lock:
+                        left = [i for i in self._leaving if i not in listed]
+                    for amphora_left in left:
+                        self._groups_left(amphora_left)
         except API_ERRORS as e:
             raise api_error(e, "list servers") from e
         found = [self._instance(s) for s in servers]
