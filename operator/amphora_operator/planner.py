@@ -367,12 +367,14 @@ def _plan_replacement(
         out.actions.append(Build(revision, replacement=True))
         out.events.append(("Normal", "Replacing", f"spec changed; building revision {revision}"))
         return None
-    if rep.compute_id is None:
-        if observed is not None and not gone(observed):
-            s.replacement = rep.model_copy(update={"compute_id": observed.id})
-        else:
+    if rep.compute_id is None:  # built before a crash, its id never written: found by owner
+        if observed is None or gone(observed):
             out.actions.append(Build(rep.revision, replacement=True))
-        return None
+            return None
+        # Judge it in this same pass: already ACTIVE, it would never change again, so
+        # nothing would wake this Amphora to swap it in.
+        rep = rep.model_copy(update={"compute_id": observed.id})
+        s.replacement = rep
     if gone(observed):
         s.replacement = Replacement(revision=rep.revision + 1, spec_hash=wanted_hash, reason="Lost")
         out.actions.append(Build(rep.revision + 1, replacement=True))

@@ -157,6 +157,32 @@ def test_spec_change_builds_a_replacement_first_then_retires_the_old() -> None:
     assert swapped.status.phase is Phase.READY
 
 
+def test_a_replacement_found_by_owner_already_active_is_swapped_in_the_same_pass() -> None:
+    """Built before a crash, its id never written: found by owner after the restart. Already
+    ACTIVE, it never changes again, so waiting for a later pass would wait for ever (seen in
+    the Nova chaos soak: Updating for more than 120 s)."""
+    new = spec(image="img-2")
+    status = AmphoraStatus(
+        compute_id="a",
+        spec_hash=spec_hash(spec()),
+        replacement=Replacement(revision=1, spec_hash=spec_hash(new), reason="SpecChanged"),
+    )
+    current = instance("a", AmphoraState.ACTIVE)
+    found = instance("b", AmphoraState.ACTIVE, owner=owner_key(UID, 1))
+    result = run(new, status, Observation(current=current, replacement=found))
+    assert result.actions == [Delete("a")]
+    assert result.status.compute_id == "b" and result.status.revision == 1
+    assert result.status.replacement is None and result.status.retired == ["a"]
+    assert result.status.phase is Phase.READY
+    building = instance("b", AmphoraState.BUILDING, owner=owner_key(UID, 1))
+    waiting = run(new, status, Observation(current=current, replacement=building))
+    assert waiting.actions == [] and waiting.status.compute_id == "a"
+    assert waiting.status.replacement is not None
+    assert waiting.status.replacement.compute_id == "b", "its id is recorded meanwhile"
+    missing = run(new, status, Observation(current=current))
+    assert missing.actions == [Build(1, replacement=True)], "not found: built (again)"
+
+
 def test_retired_instances_are_deleted_until_confirmed_gone() -> None:
     status = AmphoraStatus(compute_id="b", spec_hash=spec_hash(spec()), retired=["a", "z"])
     result = run(spec(), status, Observation(
