@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
-# Run the suite; pytest's exit 5 ("no tests collected") is a failure, not a pass.
+# Run the suite on AMPHORA_TEST_WORKERS pytest-xdist workers (default 2; 0 runs it in this
+# process). The tests mostly wait on real servers, so two workers on two cores finish in about
+# half the time; tests/conftest.py keeps tests/container (the real Node's users) on one worker and
+# each other module on one worker, longest first. pytest's exit 5 ("no tests collected") is a failure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-python -m pytest "$@"
+workers="${AMPHORA_TEST_WORKERS:-2}"
+parallel=()
+if [ "$workers" != "0" ]; then
+  parallel=(-n "$workers" --dist loadscope --no-loadscope-reorder)
+fi
+python -m pytest "${parallel[@]}" "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
   echo "pytest collected no tests: failing" >&2

@@ -63,6 +63,7 @@ def _environment() -> Environment:
     )
 
 
+@pytest.mark.slow
 def test_every_amphora_is_seen_ready_once_per_run(runs: list[Measurement]) -> None:
     for m in runs:
         assert (m.ready, m.failed_creates, m.timed_out) == (N, 0, False), m.scenario

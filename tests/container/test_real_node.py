@@ -339,6 +339,7 @@ def test_twenty_amphorae_become_ready(
     assert len(running) == count
 
 
+@pytest.mark.slow
 def test_deleting_the_namespace_removes_every_amphora_without_the_operator(
     kube_api: ApiClient, real_node: RealNode
 ) -> None:

@@ -42,6 +42,7 @@ def _stop_leftovers(root: Path) -> list[int]:
     return left
 
 
+@pytest.mark.slow
 @pytest.mark.soak
 def test_up_down_cycles_on_fresh_state_leave_nothing_behind(bin_dir: Path, tmp_path: Path) -> None:
     seconds: list[float] = []

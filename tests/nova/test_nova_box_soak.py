@@ -65,6 +65,7 @@ def hammer(box: NovaBox) -> None:
     wait_for(lambda: call(box, "GET", "/servers")["servers"], lambda s: not s, timeout=60)
 
 
+@pytest.mark.slow
 def test_start_hammer_stop_five_times_without_a_hang(tmp_path: Path) -> None:
     venv, _ = install_venv()
     for cycle in range(CYCLES):

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from kubernetes.client import ApiClient
 
+from tests.fixtures import add_summary
 from tests.fixtures.control_plane import Cluster
 from tests.fixtures.operator import OperatorProcess, noop_config, tear_down
 from tests.operator.scenario import Steps
@@ -81,11 +82,7 @@ def launch(
     tear_down(kube_api, namespace, started, request, wait=20)
 
 
-def pytest_terminal_summary(
-    terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
-) -> None:
-    if not FIGURES:
-        return
-    terminalreporter.section("reliability figures")
-    for test, name, value in FIGURES:
-        terminalreporter.write_line(f"{test}: {name} = {value}")
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if FIGURES:
+        lines = (f"{test}: {name} = {value}" for test, name, value in FIGURES)
+        add_summary(session.config, "reliability figures", lines)

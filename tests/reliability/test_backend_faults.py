@@ -122,6 +122,7 @@ def everything(**kw: object) -> list[Fault]:
     return [Fault(m, r".*", **kw) for m in ("GET", "POST", "PUT", "DELETE")]  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 @pytest.mark.nova
 def test_nova_5xx_429_and_timeouts_open_the_breaker_and_recover(
     launch: Launch,

@@ -545,6 +545,7 @@ def collected_orphans(logs: str) -> list[dict[str, Any]]:
     return [r for r in log_records(logs) if r.get("message") == "orphan deleted"]
 
 
+@pytest.mark.slow
 def test_chaos_soak_noop(
     forked: Callable[[dict[str, Any]], ForkedOperator], kube_api: ApiClient, namespace: str,
     fleet: Fleet, state_file: Path,
@@ -594,6 +595,7 @@ def test_chaos_soak_noop(
     assert {r.get("reason") for r in collected} <= {"OwnerGone", "Unclaimed"}
 
 
+@pytest.mark.slow
 @pytest.mark.nova
 def test_chaos_soak_nova(
     forked: Callable[[dict[str, Any]], ForkedOperator], kube_api: ApiClient, namespace: str,

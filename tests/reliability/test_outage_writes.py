@@ -16,6 +16,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 from amphora_devtools.configs import FAST_RECONCILE
 from amphora_devtools.configs import noop_config as devtools_noop_config
 from kubernetes import client as k8s
@@ -69,6 +70,7 @@ def available(item: Item) -> str | None:
     return (condition_of(item, "BackendAvailable") or {}).get("status")
 
 
+@pytest.mark.slow
 def test_a_two_minute_outage_costs_at_most_three_status_writes_per_amphora(
     launch: Launch, fleet: Fleet, kube_api: ApiClient, namespace: str, tmp_path: Path
 ) -> None:
