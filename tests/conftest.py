@@ -62,8 +62,8 @@ class _WorkerSummaries:
 
     def pytest_testnodedown(self, node: Any, error: object | None) -> None:
         output = getattr(node, "workeroutput", None) or {}
+        worker = node.gateway.id
         for title, lines in output.get("summary", []):
-            worker = node.gateway.id
             self.config.stash.setdefault(SUMMARY, []).append((f"{title} [{worker}]", lines))
 
 

@@ -82,13 +82,12 @@ def test_z_slow():
         path.write_text(header + body)
 
 
-def test_two_workers_keep_the_real_node_and_modules_together_and_report_summaries(
-    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    log = tmp_path / "ran.jsonl"
-    _write_suite(pytester.path, log)
-    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the workers import tests.conftest
-    result = pytester.run(
+def _run_suite(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, *options: str
+) -> pytest.RunResult:
+    """Run the small suite in a subprocess with this project's settings and conftest."""
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the suite (and any worker) imports tests.*
+    return pytester.run(
         sys.executable,
         "-m",
         "pytest",
@@ -97,13 +96,19 @@ def test_two_workers_keep_the_real_node_and_modules_together_and_report_summarie
         f"--rootdir={pytester.path}",
         "-c",
         str(ROOT / "pyproject.toml"),
-        "-n",
-        "2",
-        "--dist",
-        "loadscope",
-        "--no-loadscope-reorder",
+        *options,
         str(pytester.path),
         timeout=120,
+    )
+
+
+def test_two_workers_keep_the_real_node_and_modules_together_and_report_summaries(
+    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = tmp_path / "ran.jsonl"
+    _write_suite(pytester.path, log)
+    result = _run_suite(
+        pytester, monkeypatch, "-n", "2", "--dist", "loadscope", "--no-loadscope-reorder"
     )
     output = result.stdout.str()
     assert result.ret == 0, output + result.stderr.str()
@@ -127,19 +132,7 @@ def test_a_real_node_user_outside_its_directory_is_refused_at_collection(
     _write_suite(pytester.path, log)
     stray = pytester.path / "tests" / "plain" / "test_stray.py"
     stray.write_text(_RECORD.format(log=str(log)) + "\ndef test_stray(real_node):\n    pass\n")
-    monkeypatch.setenv("PYTHONPATH", str(ROOT))
-    result = pytester.run(
-        sys.executable,
-        "-m",
-        "pytest",
-        "-p",
-        "no:cacheprovider",
-        f"--rootdir={pytester.path}",
-        "-c",
-        str(ROOT / "pyproject.toml"),
-        str(pytester.path),
-        timeout=120,
-    )
+    result = _run_suite(pytester, monkeypatch)
     assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
     assert "tests that use real_node must live in tests/container/" in result.stderr.str()
     assert "tests/plain/test_stray.py::test_stray" in result.stderr.str()
