@@ -154,6 +154,19 @@ def test_phases_map_to_octavia_status_words(phase: str | None, word: str) -> Non
     assert seen.lb_network_ip == ("10.0.0.5" if phase else None)
 
 
+def test_a_failure_still_retried_is_building_to_octavia_and_error_once_stalled() -> None:
+    def failed(stalled: str) -> dict[str, Any]:
+        conditions = [
+            {"type": "Ready", "status": "False", "reason": "Timeout", "message": "no answer"},
+            {"type": "Stalled", "status": stalled, "reason": "Retrying", "message": "no answer"},
+        ]
+        return {"metadata": {}, "status": {"phase": "Failed", "conditions": conditions}}
+
+    assert m.observe(failed("False")).status == "BUILD"
+    given_up = m.observe(failed("True"))
+    assert (given_up.status, given_up.fault) == ("ERROR", "no answer")
+
+
 def test_a_failure_brings_its_fault_and_deletion_wins() -> None:
     failed = {"phase": "Failed", "conditions": [{"type": "Ready", "message": "No valid host"}]}
     assert m.observe({"metadata": {}, "status": failed}).fault == "No valid host"

@@ -360,6 +360,10 @@ def observe(amphora: Mapping[str, Any]) -> Observed:
     status = amphora.get("status") or {}
     phase = status.get("phase")
     word = _PHASE_STATUS.get(phase, BUILD)
+    if word == ERROR and not _stalled(status):
+        # The operator retries this failure (a timeout, a 5xx): Octavia keeps waiting within
+        # its own amp_active_retries instead of failing the load balancer on a transient error.
+        word = BUILD
     if amphora.get("metadata", {}).get("deletionTimestamp"):
         word = DELETED
     fault = status.get("fault")
@@ -377,6 +381,13 @@ def observe(amphora: Mapping[str, Any]) -> Observed:
             ANNOTATION_COMPUTE_FLAVOR, spec.get("flavor")
         ),
     )
+
+
+def _stalled(status: Mapping[str, Any]) -> bool:
+    """The operator gave up retrying: condition Stalled=True, or no Stalled condition at all
+    (then nothing says a retry is coming)."""
+    stalled = [c for c in status.get("conditions") or [] if c.get("type") == "Stalled"]
+    return not stalled or stalled[0].get("status") == "True"
 
 
 def validation_probe(settings: Settings, **spec: Any) -> dict[str, Any]:
