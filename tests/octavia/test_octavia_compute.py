@@ -224,7 +224,8 @@ def test_vm_amphora_built_through_nova_and_deleted_by_octavia(
                 },
             }
         },
-        reconcile={"driverCallTimeout": 15},
+        # A build is several Nova calls; on two loaded cores one call can take 10 s.
+        reconcile={"driverCallTimeout": 60},
     )
     config["defaults"] = {"VM": "nova", "BareMetal": "nova", "Container": "noop"}
     start_operator(config)

@@ -40,6 +40,15 @@ class Steps:
             stdin=yaml.safe_dump_all(manifests), check=check,
         )  # fmt: skip
 
+    def admitted(self, *manifests: dict[str, Any]) -> bool:
+        """Whether the apiserver would create these now: a server-side dry run, through every
+        admission step (schema, CEL rules, admission policies), that stores nothing."""
+        result = self.kubectl(
+            "apply", "--dry-run=server", "-n", self.namespace, "-f", "-",
+            stdin=yaml.safe_dump_all(manifests), check=False,
+        )  # fmt: skip
+        return bool(result.returncode == 0)
+
     def patch_spec(self, name: str, **spec: Any) -> None:
         self.api.patch_namespaced_custom_object(
             GROUP, VERSION, self.namespace, PLURAL, name, {"spec": spec}
