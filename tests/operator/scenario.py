@@ -40,14 +40,15 @@ class Steps:
             stdin=yaml.safe_dump_all(manifests), check=check,
         )  # fmt: skip
 
-    def admitted(self, *manifests: dict[str, Any]) -> bool:
-        """Whether the apiserver would create these now: a server-side dry run, through every
-        admission step (schema, CEL rules, admission policies), that stores nothing."""
+    def refusal(self, *manifests: dict[str, Any]) -> str | None:
+        """Why the apiserver would not create these now (kubectl's error), or None: a
+        server-side dry run through every admission step (schema, CEL rules, admission
+        policies) that stores nothing."""
         result = self.kubectl(
             "apply", "--dry-run=server", "-n", self.namespace, "-f", "-",
             stdin=yaml.safe_dump_all(manifests), check=False,
         )  # fmt: skip
-        return bool(result.returncode == 0)
+        return None if result.returncode == 0 else str(result.stderr).strip()
 
     def patch_spec(self, name: str, **spec: Any) -> None:
         self.api.patch_namespaced_custom_object(

@@ -35,9 +35,9 @@ def building(fleet: Fleet, names: list[str]) -> None:
 def wait_admitted(steps: Steps, since: float, timeout: float = 120) -> float:
     """Seconds from ``since`` until a new Amphora passes admission (a server-side dry run)."""
     deadline = time.monotonic() + timeout
-    while not steps.admitted(amphora("cp-probe")):
+    while (refusal := steps.refusal(amphora("cp-probe"))) is not None:
         if time.monotonic() > deadline:
-            pytest.fail(f"creates still refused {timeout} s after the apiserver restart")
+            pytest.fail(f"a new Amphora still refused after {timeout} s: {refusal}")
         time.sleep(0.5)
     return time.monotonic() - since
 
