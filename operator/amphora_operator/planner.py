@@ -301,6 +301,8 @@ def plan(
                 _plan_replacement(s, observation, wanted_hash, now, retry_base, retry_max, out)
                 or current
             )
+        elif managed and s.replacement is not None:
+            _drop_replacement(s, observation, out)
         s.addresses = list(current.addresses)
         s.raw_state = current.raw_state
         if managed and spec.suspended and current.state is AmphoraState.ACTIVE:
@@ -342,6 +344,18 @@ def _rebuild(s: AmphoraStatus, wanted_hash: str, out: Plan) -> None:
     s.spec_hash = wanted_hash
     s.phase = Phase.BUILDING
     out.actions.append(Build(s.revision))
+
+
+def _drop_replacement(s: AmphoraStatus, observation: Observation, out: Plan) -> None:
+    """The spec came back to the current instance's: the replacement is no longer wanted.
+    Its instance, recorded or found by owner, is retired; waiting for it would wait for ever."""
+    rep, observed = s.replacement, observation.replacement
+    assert rep is not None
+    instance_id = rep.compute_id or (observed.id if observed and not gone(observed) else None)
+    if instance_id is not None and instance_id not in s.retired:
+        s.retired.append(instance_id)
+        out.actions.append(Delete(instance_id))
+    s.replacement = None
 
 
 def _plan_replacement(

@@ -183,6 +183,30 @@ def test_a_replacement_found_by_owner_already_active_is_swapped_in_the_same_pass
     assert missing.actions == [Build(1, replacement=True)], "not found: built (again)"
 
 
+def test_a_spec_changed_back_drops_the_replacement_it_no_longer_needs() -> None:
+    """The spec moves on and then back to the current instance's before the replacement is
+    swapped in (seen in the Nova chaos soak: Updating for more than 120 s, nothing built)."""
+    old, new = spec(), spec(image="img-2")
+    status = AmphoraStatus(
+        compute_id="a",
+        spec_hash=spec_hash(old),
+        replacement=Replacement(revision=1, spec_hash=spec_hash(new), reason="SpecChanged"),
+    )
+    current = instance("a", AmphoraState.ACTIVE)
+    unbuilt = run(old, status, Observation(current=current))
+    assert unbuilt.actions == [] and unbuilt.status.replacement is None
+    assert unbuilt.status.phase is Phase.READY and unbuilt.status.compute_id == "a"
+    found = instance("b", AmphoraState.BUILDING, owner=owner_key(UID, 1))
+    unrecorded = run(old, status, Observation(current=current, replacement=found))
+    assert unrecorded.actions == [Delete("b")] and unrecorded.status.retired == ["b"]
+    recorded = status.model_copy(
+        update={"replacement": status.replacement.model_copy(update={"compute_id": "b"})}
+    )
+    dropped = run(old, recorded, Observation(current=current, replacement=found))
+    assert dropped.actions == [Delete("b")] and dropped.status.retired == ["b"]
+    assert dropped.status.replacement is None and dropped.status.phase is Phase.READY
+
+
 def test_retired_instances_are_deleted_until_confirmed_gone() -> None:
     status = AmphoraStatus(compute_id="b", spec_hash=spec_hash(spec()), retired=["a", "z"])
     result = run(spec(), status, Observation(
