@@ -283,8 +283,7 @@ def plan(
         if s.next_retry_time is not None and now < parse_time(s.next_retry_time):
             s.phase, s.failure_reason = Phase.FAILED, "InstanceError"
             return _finish(out, spec, generation, stamp, stall_after)
-        s.retired.append(current.id)
-        out.actions.append(Delete(current.id))
+        _retire(s, current.id, out)
         s.retries += 1
         s.next_retry_time = None
         _rebuild(s, wanted_hash, out)
@@ -334,11 +333,17 @@ def _plan_retired(s: AmphoraStatus, observation: Observation, out: Plan) -> None
     s.retired = still
 
 
+def _retire(s: AmphoraStatus, instance_id: str, out: Plan) -> None:
+    """Delete an instance that is no longer wanted, and keep it in ``retired`` until the
+    backend confirms it gone (see :func:`_plan_retired`)."""
+    s.retired.append(instance_id)
+    out.actions.append(Delete(instance_id))
+
+
 def _rebuild(s: AmphoraStatus, wanted_hash: str, out: Plan) -> None:
     s.revision = max(s.revision, s.replacement.revision if s.replacement else 0) + 1
     if s.replacement is not None and s.replacement.compute_id is not None:
-        s.retired.append(s.replacement.compute_id)
-        out.actions.append(Delete(s.replacement.compute_id))
+        _retire(s, s.replacement.compute_id, out)
     s.replacement = None
     s.compute_id = None
     s.spec_hash = wanted_hash
@@ -353,8 +358,7 @@ def _drop_replacement(s: AmphoraStatus, observation: Observation, out: Plan) -> 
     assert rep is not None
     instance_id = rep.compute_id or (observed.id if observed and not gone(observed) else None)
     if instance_id is not None and instance_id not in s.retired:
-        s.retired.append(instance_id)
-        out.actions.append(Delete(instance_id))
+        _retire(s, instance_id, out)
     s.replacement = None
 
 
@@ -372,8 +376,7 @@ def _plan_replacement(
     observed = observation.replacement
     if rep is not None and rep.spec_hash != wanted_hash:
         if rep.compute_id is not None:  # the spec moved on: drop the outdated replacement
-            s.retired.append(rep.compute_id)
-            out.actions.append(Delete(rep.compute_id))
+            _retire(s, rep.compute_id, out)
         rep = None
     if rep is None:
         revision = max(s.revision, s.replacement.revision if s.replacement else 0) + 1
@@ -400,8 +403,7 @@ def _plan_replacement(
             delay = _backoff(s.retries, retry_base, retry_max)
             s.next_retry_time = now_rfc3339(now + timedelta(seconds=delay))
         elif now >= parse_time(s.next_retry_time):
-            s.retired.append(observed.id)
-            out.actions.append(Delete(observed.id))
+            _retire(s, observed.id, out)
             s.retries += 1
             s.next_retry_time = None
             s.replacement = Replacement(
@@ -412,8 +414,7 @@ def _plan_replacement(
     if observed.state is not AmphoraState.ACTIVE:
         return None
     assert s.compute_id is not None
-    s.retired.append(s.compute_id)
-    out.actions.append(Delete(s.compute_id))
+    _retire(s, s.compute_id, out)
     out.events.append(("Normal", "Replaced", f"instance {observed.id} replaced {s.compute_id}"))
     s.compute_id, s.revision, s.spec_hash = observed.id, rep.revision, rep.spec_hash
     s.replacement = None
