@@ -66,12 +66,17 @@ def serve(requests: IO[str], answers: IO[str]) -> None:
         request = json.loads(line)
         sys.stdout.flush()
         sys.stderr.flush()
+        # The pid is answered only once the child leads its own session: a kill right after
+        # a start (killpg of that pid) must find the group, not ESRCH.
+        in_session, said_in_session = os.pipe()
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
+                os.close(in_session)
                 os.setsid()
                 libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+                os.close(said_in_session)
                 log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
                 os.dup2(log, 1)
                 os.dup2(log, 2)
@@ -88,6 +93,9 @@ def serve(requests: IO[str], answers: IO[str]) -> None:
                     sys.stdout.flush()
                     sys.stderr.flush()
                 os._exit(code)
+        os.close(said_in_session)
+        os.read(in_session, 1)  # EOF once the child has closed its end, after setsid
+        os.close(in_session)
         children.append(pid)
         answers.write(json.dumps({"pid": pid}) + "\n")
         answers.flush()
@@ -195,7 +203,9 @@ class ForkedOperator:
     def kill(self) -> None:
         """SIGKILL its whole session, as a crash."""
         if self._pid is not None and self.running():
-            os.killpg(self._pid, signal.SIGKILL)
+            # It may end on its own between the look and the kill.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._pid, signal.SIGKILL)
             deadline = time.monotonic() + 10
             while self.running() and time.monotonic() < deadline:
                 time.sleep(0.01)
@@ -203,7 +213,8 @@ class ForkedOperator:
     def stop(self, grace: float = 10.0) -> None:
         if self._pid is None or not self.running():
             return
-        os.killpg(self._pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
         while self.running() and time.monotonic() < deadline:
             time.sleep(0.05)
