@@ -151,21 +151,17 @@ def make_registry(options: RunOptions) -> kopf.OperatorRegistry:
                 options.metrics_port, registry=metrics.registry
             )
         elector = make_elector(options, api) if options.leader_election else None
-        state.gateway = ThreadedGateway(KubeGateway(api), settings_config.concurrency)
+        # Fence: mutating driver calls and Kubernetes writes only while this replica leads
+        # and, with leader election, only while the Lease was renewed recently enough.
+        may_act = (
+            (lambda: state.leading.is_set() and elector.may_act())
+            if elector is not None
+            else state.leading.is_set
+        )
+        state.gateway = ThreadedGateway(KubeGateway(api), settings_config.concurrency, may_act)
         state.runtime = Runtime(
             config=options.config,
-            # Fence: mutating driver calls only while this replica leads and, with leader
-            # election, only while the Lease was renewed recently enough (leader.py).
-            backends=BackendPool(
-                options.config,
-                metrics,
-                api_client=api,
-                may_act=(
-                    (lambda: state.leading.is_set() and elector.may_act())
-                    if elector is not None
-                    else state.leading.is_set
-                ),
-            ),
+            backends=BackendPool(options.config, metrics, api_client=api, may_act=may_act),
             gateway=state.gateway,
             metrics=metrics,
             home_namespace=options.lease_namespace,

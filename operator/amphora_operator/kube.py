@@ -22,7 +22,14 @@ from kubernetes import client
 from amphora_operator.model import GROUP, PLURAL, VERSION
 from amphora_operator.tenancy import USABLE_LABEL
 
-__all__ = ["RELEASES_CONFIGMAP", "Gateway", "KubeGateway", "SecretNotFound", "ThreadedGateway"]
+__all__ = [
+    "RELEASES_CONFIGMAP",
+    "Gateway",
+    "KubeGateway",
+    "SecretNotFound",
+    "ThreadedGateway",
+    "WriteFenced",
+]
 
 T = TypeVar("T")
 
@@ -258,33 +265,57 @@ class Gateway(Protocol):
         """Fire and forget (best effort)."""
 
 
-class ThreadedGateway:
-    """:class:`KubeGateway` in a bounded thread pool, so the event loop never blocks."""
+class WriteFenced(RuntimeError):
+    """The fence refused a Kubernetes write: this replica may no longer act, and a paused
+    leader's stale status must not overwrite what the next leader wrote."""
 
-    def __init__(self, kube: KubeGateway, threads: int) -> None:
+
+class ThreadedGateway:
+    """:class:`KubeGateway` in a bounded thread pool, so the event loop never blocks.
+
+    ``may_act`` fences every write the way :class:`~.backends.Backend` fences driver calls:
+    asked in the worker thread right before the request (see leader.py).
+    """
+
+    def __init__(
+        self, kube: KubeGateway, threads: int, may_act: Callable[[], bool] = lambda: True
+    ) -> None:
         self.kube = kube
+        self.may_act = may_act
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kube")
 
     async def _run(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
 
+    async def _write(self, what: str, fn: Callable[[], T]) -> T:
+        return await self._run(lambda: self._fenced(what, fn))
+
+    def _fenced(self, what: str, fn: Callable[[], T]) -> T:
+        if not self.may_act():
+            raise WriteFenced(f"{what} refused: this replica no longer holds the lease")
+        return fn()
+
     async def patch_status(
         self, namespace: str, name: str, status: dict[str, Any]
     ) -> dict[str, Any]:
-        return await self._run(lambda: self.kube.patch_status(namespace, name, status))
+        return await self._write(
+            "status write", lambda: self.kube.patch_status(namespace, name, status)
+        )
 
     async def add_finalizer(
         self, namespace: str, name: str, resource_version: str, finalizers: list[str]
     ) -> dict[str, Any] | None:
-        return await self._run(
-            lambda: self.kube.add_finalizer(namespace, name, resource_version, finalizers)
+        return await self._write(
+            "finalizer write",
+            lambda: self.kube.add_finalizer(namespace, name, resource_version, finalizers),
         )
 
     async def remove_finalizer(
         self, namespace: str, name: str, resource_version: str, finalizers: list[str]
     ) -> dict[str, Any] | None:
-        return await self._run(
-            lambda: self.kube.remove_finalizer(namespace, name, resource_version, finalizers)
+        return await self._write(
+            "finalizer write",
+            lambda: self.kube.remove_finalizer(namespace, name, resource_version, finalizers),
         )
 
     async def read_secret_key(self, namespace: str, ref_name: str, key: str, field: str) -> bytes:
@@ -299,10 +330,14 @@ class ThreadedGateway:
     async def update_releases(
         self, namespace: str, change: Callable[[dict[str, str]], dict[str, str]]
     ) -> None:
-        await self._run(lambda: self.kube.update_releases(namespace, change))
+        await self._write("releases write", lambda: self.kube.update_releases(namespace, change))
 
     def post_event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
-        self.executor.submit(self.kube.post_event, body, type_, reason, message)
+        def post() -> None:
+            if self.may_act():
+                self.kube.post_event(body, type_, reason, message)
+
+        self.executor.submit(post)
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

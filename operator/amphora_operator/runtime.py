@@ -21,7 +21,7 @@ from amphora_operator.backends import BackendPool
 from amphora_operator.collector import Collector
 from amphora_operator.config import OperatorConfig
 from amphora_operator.finalizer import Finalizer
-from amphora_operator.kube import Gateway
+from amphora_operator.kube import Gateway, WriteFenced
 from amphora_operator.metrics import Metrics
 from amphora_operator.model import FINALIZER, Phase
 from amphora_operator.poller import Poller
@@ -143,6 +143,10 @@ class Runtime:
                 await self.reconcile(uid)
             except asyncio.CancelledError:
                 raise
+            except WriteFenced:
+                # Leadership is being lost (the elector exits the process): not a failure.
+                log.info("reconcile stopped by the fence", extra={"uid": uid})
+                self.queue.mark_after(uid, self.config.reconcile.retry_max)
             except Exception:
                 count = self._failures.get(uid, 0) + 1
                 self._failures[uid] = count

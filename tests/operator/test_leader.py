@@ -579,3 +579,58 @@ def test_the_backend_refuses_mutating_calls_once_the_fence_closes() -> None:
     asyncio.run(scenario())
     # build_from adopts before it creates; nothing reached the driver after the fence closed.
     assert [c.method for c in driver.calls] == ["find", "create", "find"]
+
+
+def test_the_gateway_refuses_kubernetes_writes_once_the_fence_closes() -> None:
+    """A paused leader continued after its Lease passed must not write a stale status over
+    the next leader's: status, finalizer and releases writes and Events are refused, reads
+    go on."""
+    from amphora_operator.kube import ThreadedGateway, WriteFenced
+
+    class Recorder:
+        """The KubeGateway calls the fence sits in front of, recorded."""
+
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        def patch_status(self, *_: Any) -> dict[str, Any]:
+            self.calls.append("patch_status")
+            return {}
+
+        def add_finalizer(self, *_: Any) -> None:
+            self.calls.append("add_finalizer")
+
+        def remove_finalizer(self, *_: Any) -> None:
+            self.calls.append("remove_finalizer")
+
+        def update_releases(self, *_: Any) -> None:
+            self.calls.append("update_releases")
+
+        def read_releases(self, *_: Any) -> dict[str, str]:
+            self.calls.append("read_releases")
+            return {}
+
+        def post_event(self, *_: Any) -> None:
+            self.calls.append("post_event")
+
+    fence = {"open": True}
+    kube = Recorder()
+    gateway = ThreadedGateway(kube, 2, lambda: fence["open"])  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        await gateway.patch_status("ns", "a", {})
+        fence["open"] = False
+        for attempt in (
+            lambda: gateway.patch_status("ns", "a", {}),
+            lambda: gateway.add_finalizer("ns", "a", "1", []),
+            lambda: gateway.remove_finalizer("ns", "a", "1", []),
+            lambda: gateway.update_releases("ns", lambda r: r),
+        ):
+            with pytest.raises(WriteFenced):
+                await attempt()
+        gateway.post_event({}, "Normal", "Ready", "ready")
+        assert await gateway.read_releases("ns") == {}
+
+    asyncio.run(scenario())
+    gateway.executor.shutdown(wait=True)
+    assert kube.calls == ["patch_status", "read_releases"]
