@@ -11,9 +11,12 @@ anything else answers like Neutron does for an unknown path or method.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -34,8 +37,13 @@ _PATH = re.compile(r"^/v2\.0/(?P<collection>[a-z-]+?)(?:\.json)?(?:/(?P<id>[^/]+
 class NeutronStandIn:
     """WSGI app over live dicts of resources by id (nova's NeutronFixture keeps them)."""
 
-    def __init__(self, resources: Mapping[str, Mapping[str, dict[str, Any]]]) -> None:
+    def __init__(
+        self,
+        resources: Mapping[str, Mapping[str, dict[str, Any]]],
+        lock: AbstractContextManager[Any] | None = None,
+    ) -> None:
         self.resources = resources
+        self.lock = lock or contextlib.nullcontext()
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         method = environ["REQUEST_METHOD"]
@@ -60,13 +68,15 @@ class NeutronStandIn:
         singular, not_found, message = _COLLECTIONS[match["collection"]]
         items = self.resources[match["collection"]]
         if match["id"] is not None:
-            item = items.get(match["id"])
+            with self.lock:  # the fixture's threads change these dicts
+                item = copy.deepcopy(items.get(match["id"]))
             if item is None:
                 return _error(start_response, 404, not_found, message.format(id=match["id"]))
             return _answer(start_response, 200, {singular: item})
         query = parse_qs(environ.get("QUERY_STRING", ""))
         fields = query.pop("fields", [])
-        found = [item for item in items.values() if _matches(item, query)]
+        with self.lock:
+            found = [copy.deepcopy(item) for item in items.values() if _matches(item, query)]
         if fields:
             found = [{k: v for k, v in item.items() if k in fields} for item in found]
         return _answer(start_response, 200, {f"{singular}s": found})

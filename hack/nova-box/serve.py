@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
+import inspect
 import os
 import re
 import sys
@@ -162,6 +164,33 @@ def one_request_at_a_time(loadapp: Callable[..., WSGIApp]) -> Callable[..., WSGI
         return serialized
 
     return load
+
+
+NEUTRON_LOCK = threading.RLock()
+
+
+def one_neutron_call_at_a_time(fixture: type) -> None:
+    """Make every method of nova's ``NeutronFixture`` hold one lock (re-entrant: they call
+    each other).
+
+    The fixture keeps ports and networks in plain dicts and was written for one test thread;
+    here API threads list ports while computes create and delete them, and a list iterating a
+    dict another thread resized failed with "dictionary changed size during iteration" (a 500
+    from ``GET /servers/{id}`` while builds went on). The real Neutron has a database; the lock
+    stands in for its transactions.
+    """
+    for name, member in list(vars(fixture).items()):
+        if inspect.isfunction(member):
+            setattr(fixture, name, _holding(NEUTRON_LOCK, member))
+
+
+def _holding(lock: threading.RLock, method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            return method(*args, **kwargs)
+
+    return locked
 
 
 class NovaBox(integrated_helpers._IntegratedTestBase):
@@ -342,6 +371,7 @@ def serve(stdout: TextIO, stderr: TextIO) -> None:
         parser.error("set OS_NOVA_DISABLE_EVENTLET_PATCHING=1 (nova must use native threads)")
 
     nova_fixtures.NeutronFixture.find_resource = find_resource  # type: ignore[attr-defined]
+    one_neutron_call_at_a_time(nova_fixtures.NeutronFixture)
     # The package's ``nova`` attribute is the top-level package, not this module: by name.
     sys.modules["nova.tests.fixtures.nova"].ReaderWriterLock = ReaderPreferringLock
     placement_deploy.loadapp = one_request_at_a_time(placement_deploy.loadapp)
@@ -375,7 +405,8 @@ def serve(stdout: TextIO, stderr: TextIO) -> None:
             {
                 "networks": box.neutron._networks,
                 "security-groups": box.neutron._security_groups,
-            }
+            },
+            NEUTRON_LOCK,
         )
         keystone_app = with_keystone(nova_app, args.keystone_url, args.admin_password)
         neutron_app = with_keystone(neutron, args.keystone_url, args.admin_password)

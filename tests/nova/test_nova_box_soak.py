@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -61,7 +62,24 @@ def hammer(box: NovaBox) -> None:
 
         settled = wait_for(statuses, lambda s: "BUILD" not in s, timeout=120, interval=0.5)
         assert set(settled) <= {"ACTIVE", "ERROR"}
+
+        def status_or_gone(server_id: str) -> str:
+            try:
+                return str(call(box, "GET", f"/servers/{server_id}")["server"]["status"])
+            except urllib.error.HTTPError as e:
+                if e.code == 404:
+                    return "GONE"
+                raise
+
+        # Reads while the computes tear ports down (a 500 here once: nova's Neutron fixture
+        # listed ports while another thread deleted them).
         list(pool.map(lambda i: call(box, "DELETE", f"/servers/{i}"), ids))
+        wait_for(
+            lambda: list(pool.map(status_or_gone, ids)),
+            lambda s: set(s) == {"GONE"},
+            timeout=60,
+            interval=0.2,
+        )
     wait_for(lambda: call(box, "GET", "/servers")["servers"], lambda s: not s, timeout=60)
 
 
