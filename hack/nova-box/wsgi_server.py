@@ -25,11 +25,54 @@ StartResponse = Callable[..., Any]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 
+class StallWatch:
+    """Writes every thread's stack to the log when requests are in flight and none has ended
+    for ``seconds``, and again every ``seconds`` until one ends.
+
+    A box that stops answering under load says where it waits without anyone asking. The
+    timer runs in faulthandler's own C thread, so it fires even when no Python thread can run.
+    One per process: faulthandler has one timer.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._lock = threading.Lock()
+        self._in_flight = 0
+
+    def started(self) -> None:
+        with self._lock:
+            self._in_flight += 1
+            if self._in_flight == 1:
+                self._arm()
+
+    def ended(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            if self._in_flight:
+                self._arm()
+            else:
+                faulthandler.cancel_dump_traceback_later()
+
+    def _arm(self) -> None:
+        faulthandler.dump_traceback_later(self.seconds, repeat=True, file=sys.__stderr__)
+
+
+#: Requests that take longer than this are rare here (a Nova build answers in well under 2 s).
+STALLS = StallWatch(float(os.environ.get("BOX_STALL_SECONDS", "6")))
+
+
 class ThreadedWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
     """One daemon thread per request; a long queue of connections waits in the backlog."""
 
     daemon_threads = True
     request_queue_size = 128
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        STALLS.started()
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            STALLS.ended()
 
 
 class QuietHandler(WSGIRequestHandler):
