@@ -16,6 +16,8 @@ import signal
 import socketserver
 import sys
 import threading
+import time
+import traceback
 from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -27,34 +29,56 @@ WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 class StallWatch:
     """Writes every thread's stack to the log when requests are in flight and none has ended
-    for ``seconds``, and again every ``seconds`` until one ends.
+    for ``seconds``, and again every ``seconds`` while that lasts.
 
     A box that stops answering under load says where it waits without anyone asking. The
-    timer runs in faulthandler's own C thread, so it fires even when no Python thread can run.
-    One per process: faulthandler has one timer.
+    watch is a Python thread that reads the stacks with the GIL held: faulthandler's timer
+    reads them from a C thread while the others run, and in a busy Keystone one of its dumps
+    ended in the process's death.
     """
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self._lock = threading.Lock()
         self._in_flight = 0
+        self._last_change = time.monotonic()
+        self._thread: threading.Thread | None = None
 
     def started(self) -> None:
         with self._lock:
+            if not self._in_flight:
+                self._last_change = time.monotonic()
             self._in_flight += 1
-            if self._in_flight == 1:
-                self._arm()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._watch, name="stall-watch", daemon=True)
+                self._thread.start()
 
     def ended(self) -> None:
         with self._lock:
             self._in_flight -= 1
-            if self._in_flight:
-                self._arm()
-            else:
-                faulthandler.cancel_dump_traceback_later()
+            self._last_change = time.monotonic()
 
-    def _arm(self) -> None:
-        faulthandler.dump_traceback_later(self.seconds, repeat=True, file=sys.__stderr__)
+    def _watch(self) -> None:
+        while True:
+            time.sleep(min(1.0, self.seconds / 3))
+            with self._lock:
+                stalled = self._in_flight and time.monotonic() - self._last_change >= self.seconds
+                if stalled:
+                    in_flight = self._in_flight
+                    self._last_change = time.monotonic()  # the next dump after another period
+            if stalled:
+                self._dump(in_flight)
+
+    def _dump(self, in_flight: int) -> None:
+        me = threading.get_ident()
+        names = {thread.ident: thread.name for thread in threading.enumerate()}
+        when = time.strftime("%Y-%m-%d %H:%M:%S")
+        lines = [f"{when} STALL: {in_flight} requests in flight, none ended for {self.seconds} s"]
+        for ident, frame in sys._current_frames().items():
+            if ident != me:
+                lines.append(f"Thread {names.get(ident, ident)}:")
+                lines.extend(line.rstrip() for line in traceback.format_stack(frame))
+        print("\n".join(lines), file=sys.__stderr__, flush=True)
 
 
 #: Requests that take longer than this are rare here (a Nova build answers in well under 2 s).
