@@ -32,6 +32,7 @@ from __future__ import annotations
 import abc
 import threading
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import IO, ClassVar
 
 from pydantic import ValidationError
@@ -74,6 +75,10 @@ class AmphoraComputeDriver(abc.ABC):
     name: ClassVar[str]
     #: The amphora types this driver can build; others raise NotImplementedError/BuildError.
     supported_types: ClassVar[frozenset[AmphoraType]]
+    #: Whether an instance can be ACTIVE as soon as build() returns (the noop driver). Callers
+    #: look once more right away only for such drivers: for the others (a VM boots for
+    #: seconds) that look is one more API call that never finds it ACTIVE.
+    instant_builds: ClassVar[bool] = False
 
     # -- the seed spec's interface -------------------------------------------------------
 
@@ -125,12 +130,15 @@ class AmphoraComputeDriver(abc.ABC):
             ) from e
         return self.build_from(request)
 
-    def build_from(self, request: BuildRequest) -> str:
+    def build_from(self, request: BuildRequest, *, owner_checked: bool = False) -> str:
         """Build from an already validated request; idempotent on ``request.owner``.
 
         Builds for one owner are serialised within this driver object, so concurrent callers
         in one process get one instance; across processes, callers must not build the same
-        owner at once (the operator's leader election guarantees it).
+        owner at once (the operator's leader election guarantees it). ``owner_checked``: the
+        caller looked the owner up itself just before and found no live instance, and no other
+        build of that owner can have run since; the driver then skips its own lookup (one
+        owner lookup per build, not two).
         """
         if request.amphora_type is AmphoraType.CONTAINER and not request.image_id:
             raise AmphoraBuildError(
@@ -144,6 +152,8 @@ class AmphoraComputeDriver(abc.ABC):
         if request.owner is None:
             return self.create(request)
         with self._owner_lock(request.owner):
+            if owner_checked:
+                return self.create(request)
             existing = self.find(owner=request.owner)
             gone = (AmphoraState.DELETED, AmphoraState.DELETING)
             live = [i for i in existing if i.state not in gone]
@@ -219,6 +229,14 @@ class AmphoraComputeDriver(abc.ABC):
         owner, released ones included with ``owner`` None), which lets callers look for
         orphans.
         """
+
+    def changed_since(self, since: datetime) -> list[AmphoraInstance] | None:
+        """Instances that changed at or after ``since`` (UTC), deleted ones included as
+        DELETED; None when the backend cannot tell (the default), and callers then look up by
+        id or list everything instead. A poller asks this of backends that can answer it in
+        one cheap call (Nova's ``changes-since``); callers allow for clock skew themselves.
+        """
+        return None
 
     @abc.abstractmethod
     def suspend(self, amphora_id: str) -> None:

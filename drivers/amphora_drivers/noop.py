@@ -161,6 +161,7 @@ class NoopDriver(AmphoraComputeDriver):
     supported_types: ClassVar[frozenset[AmphoraType]] = frozenset(
         {AmphoraType.VM, AmphoraType.CONTAINER, AmphoraType.BARE_METAL}
     )
+    instant_builds: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import TypeVar
 
 from amphora_drivers import (
@@ -37,6 +38,9 @@ __all__ = ["Backend", "BackendPool", "NotLeading", "UnknownProfileError"]
 
 T = TypeVar("T")
 _GONE = (AmphoraState.DELETED, AmphoraState.DELETING)
+#: How long (seconds) an owner lookup that found nothing spares the build its own lookup.
+_OWNER_CHECK_VALID = 5.0
+_ABSENT_PRUNE_AT = 256
 
 
 class UnknownProfileError(LookupError):
@@ -61,7 +65,10 @@ class Backend:
         timeout: float,
         metrics: Metrics,
         may_act: Callable[[], bool] = lambda: True,
+        fresh_for: float = 0.5,
     ) -> None:
+        """``fresh_for``: how old (seconds) a poll round's answer may be for by_id() to use
+        it; the poll interval, so a reconcile never acts on anything older than one round."""
         self.profile = profile
         self.driver = driver
         self.breaker = breaker
@@ -69,10 +76,21 @@ class Backend:
         self.timeout = timeout
         self.metrics = metrics
         self.may_act = may_act
+        self.fresh_for = fresh_for
+        #: What a poll round just saw of instances whose Amphorae it woke, by id, with when:
+        #: the reconcile that follows reads it instead of asking the backend again.
+        self._fresh: dict[str, tuple[float, AmphoraInstance | None]] = {}
+        #: Owners a lookup just found without a live instance, with when (see build()).
+        self._absent: dict[str, float] = {}
 
     # -- reads --------------------------------------------------------------------------
 
     async def by_id(self, amphora_id: str) -> AmphoraInstance | None:
+        """The instance, or None when it is gone; served from the last poll round's answer
+        when that is at most ``fresh_for`` seconds old (once: the next read asks again)."""
+        fresh = self._fresh.pop(amphora_id, None)
+        if fresh is not None and time.monotonic() - fresh[0] <= self.fresh_for:
+            return fresh[1]
         found = await self._call("find", lambda: self.driver.find(amphora_id=amphora_id))
         return found[0] if found else None
 
@@ -80,6 +98,13 @@ class Backend:
         """The live instance carrying ``owner`` (else a dying one, else None)."""
         found = await self._call("find", lambda: self.driver.find(owner=owner))
         live = [i for i in found if i.state not in _GONE]
+        if not live:
+            now = time.monotonic()
+            if len(self._absent) >= _ABSENT_PRUNE_AT:  # lookups no build followed
+                self._absent = {
+                    o: t for o, t in self._absent.items() if now - t <= _OWNER_CHECK_VALID
+                }
+            self._absent[owner] = now
         candidates = live or found
         return candidates[0] if candidates else None
 
@@ -87,23 +112,47 @@ class Backend:
         """Every instance this backend manages (one call; for poll rounds and resyncs)."""
         return await self._call("find", self.driver.find)
 
+    async def changed_since(self, since: datetime) -> list[AmphoraInstance] | None:
+        """Instances changed since ``since``, in one call; None when the driver cannot tell."""
+        return await self._call("changed_since", lambda: self.driver.changed_since(since))
+
+    def remember(self, found: Mapping[str, AmphoraInstance | None]) -> None:
+        """Keep what a poll round saw for the reconciles it is about to wake (see by_id)."""
+        now = time.monotonic()
+        for amphora_id in [i for i, (at, _) in self._fresh.items() if now - at > self.fresh_for]:
+            del self._fresh[amphora_id]
+        for amphora_id, instance in found.items():
+            self._fresh[amphora_id] = (now, instance)
+
     # -- writes (fenced) ------------------------------------------------------------------
 
     async def build(self, request: BuildRequest) -> str:
-        return await self._call("build_from", lambda: self.driver.build_from(request), act=True)
+        """Build; when by_owner() found no live instance of this owner moments ago (the same
+        pass: one Amphora is never in two passes at once), the driver skips its own lookup."""
+        looked = self._absent.pop(request.owner, None) if request.owner else None
+        checked = looked is not None and time.monotonic() - looked <= _OWNER_CHECK_VALID
+        return await self._call(
+            "build_from",
+            lambda: self.driver.build_from(request, owner_checked=checked),
+            act=True,
+        )
 
     async def delete(self, amphora_id: str) -> None:
+        self._fresh.pop(amphora_id, None)
         await self._call("delete", lambda: self.driver.delete(amphora_id), act=True)
 
     async def release(self, amphora_id: str) -> None:
         """Drop the instance's owner mark (deletionPolicy Orphan): nothing collects it then."""
+        self._fresh.pop(amphora_id, None)
         await self._call("release", lambda: self.driver.release(amphora_id), act=True)
 
     async def suspend(self, amphora_id: str) -> None:
+        self._fresh.pop(amphora_id, None)
         await self._call("suspend", lambda: self.driver.suspend(amphora_id), act=True)
 
     async def resume(self, amphora_id: str) -> None:
         """Resume; an instance that is not suspended (it came back by itself) is fine."""
+        self._fresh.pop(amphora_id, None)
         try:
             await self._call("resume", lambda: self.driver.resume(amphora_id), act=True)
         except NotSuspendedError:
@@ -220,6 +269,7 @@ class BackendPool:
                 timeout=self.config.reconcile.driver_call_timeout,
                 metrics=self.metrics,
                 may_act=lambda: self.may_act(),
+                fresh_for=self.config.reconcile.poll_interval,
             )
         return self._backends[key]
 

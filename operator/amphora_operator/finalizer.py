@@ -70,6 +70,7 @@ class Finalizer:
         """Delete the Amphora's instances; (why it must wait or None when done, outcome)."""
         status = AmphoraStatus.model_validate(body.get("status") or {})
         uid = body["metadata"]["uid"]
+        started = self.clock()
         try:
             spec: AmphoraSpec | None = AmphoraSpec.model_validate(body.get("spec") or {})
         except ValidationError:
@@ -139,6 +140,7 @@ class Finalizer:
             backend,
             {i: fingerprint(observation_of(observation, i)) for i in present},
             moving=True,
+            observed_at=started,
         )
         return await self._wait(
             body, status, "Deleting",

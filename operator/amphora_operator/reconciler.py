@@ -83,9 +83,18 @@ class Interest:
     #: The backend did not answer: the poller probes it once per round for all such
     #: Amphorae and wakes them when it answers (no per-Amphora retries against an outage).
     waiting: bool = False
+    #: When ``seen`` was looked at (before the pass's first lookup): a poller asking what
+    #: changed must ask from no later than this. None: unknown, ask by id or list.
+    observed_at: datetime | None = None
 
-    def changed(self, found: dict[str, AmphoraInstance | None]) -> bool:
-        return any(fingerprint(found.get(i)) != fp for i, fp in self.seen.items())
+    def changed(self, found: dict[str, AmphoraInstance | None], *, partial: bool = False) -> bool:
+        """Whether ``found`` differs from what was seen; ``partial``: ``found`` holds only what
+        changed lately, so an id missing from it is unchanged rather than gone."""
+        return any(
+            fingerprint(found.get(i)) != fp
+            for i, fp in self.seen.items()
+            if not partial or i in found
+        )
 
 
 @dataclass
@@ -196,6 +205,7 @@ class Reconciler:
         meta = body["metadata"]
         uid, generation = meta["uid"], int(meta.get("generation") or 0)
         settings = self.config.reconcile
+        started = self.clock()
         status = AmphoraStatus.model_validate(body.get("status") or {})
         try:
             spec = AmphoraSpec.model_validate(body.get("spec") or {})
@@ -282,7 +292,7 @@ class Reconciler:
             events = list(result.events)
             events += [("Warning", f"{f.action.capitalize()}Failed", f.message) for f in failures]
             built = builds and not any(f.action == "build" for f in failures)
-            if built and attempt == 0:
+            if built and attempt == 0 and backend.driver.instant_builds:
                 status = new  # written after the second look: one write, not two
                 for type_, reason, message in events:
                     self.gateway.post_event(body, type_, reason, message)
@@ -301,7 +311,9 @@ class Reconciler:
             requeue = settings.poll_interval if requeue is None else min(requeue, 30.0)
         return Outcome(
             requeue_after=requeue,
-            interest=Interest(backend, _seen(status, observation), moving=moving),
+            interest=Interest(
+                backend, _seen(status, observation), moving=moving, observed_at=started
+            ),
         )
 
     async def _settle_finalizer(

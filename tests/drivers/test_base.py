@@ -180,6 +180,15 @@ class TestIdempotentBuild:
         assert driver.finds == [], "nothing to look for without an owner"
         assert len(driver.created) == 1
 
+    def test_an_owner_the_caller_checked_is_not_looked_up_again(self) -> None:
+        """owner_checked: the caller's own lookup just found nothing (one lookup per build)."""
+        driver = ScriptedDriver()
+        request = BuildRequest(name="amp", owner="o-1")
+        assert driver.build_from(request, owner_checked=True) == "new"
+        assert driver.finds == [] and len(driver.created) == 1
+        assert driver.build_from(request) == "new"
+        assert driver.finds == [{"amphora_id": None, "name": None, "owner": "o-1"}]
+
     def test_other_owners_are_not_adopted(self) -> None:
         driver = ScriptedDriver(instance("a", owner="o-2"))
         assert driver.build(name="amp", owner="o-1") == "new"

@@ -10,6 +10,7 @@ import base64
 import gzip
 import os
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import openstack.connection
@@ -341,6 +342,34 @@ def test_delete_of_a_server_already_gone(
     driver.delete(str(uuid.uuid4()))  # never existed
     with pytest.raises(InstanceNotFoundError):
         driver.status(amphora_id)
+
+
+def test_changed_since_reports_builds_and_deletions_only_after_the_time_asked(
+    nova_box: NovaBoxInfo, driver: NovaDriver, admin: openstack.connection.Connection
+) -> None:
+    """What the operator's poller asks each round: one listing of what changed lately,
+    deletions included (Nova drops a deleted server's tags, so it must not filter by tag)."""
+    name, owner = fresh()
+    before = datetime.now(UTC) - timedelta(seconds=2)
+    amphora_id = driver.build(name=name, owner=owner)
+    changed = {i.id: i for i in driver.changed_since(before)}
+    assert changed[amphora_id].owner == owner
+    assert changed[amphora_id].state in (AmphoraState.BUILDING, AmphoraState.ACTIVE)
+    wait_state(driver, amphora_id, AmphoraState.ACTIVE)
+    unmanaged = admin.compute.create_server(
+        name=f"not-ours-{name}", flavor_id=nova_box.flavor_id, image_id=nova_box.image_id,
+        networks=[{"uuid": nova_box.network_id}],
+    )  # fmt: skip
+    try:
+        later = {i.id for i in driver.changed_since(datetime.now(UTC) + timedelta(seconds=60))}
+        assert amphora_id not in later, "nothing changed after the time asked"
+        driver.delete(amphora_id)
+        wait_for(lambda: driver.find(amphora_id=amphora_id), lambda f: not f, timeout=TIMEOUT)
+        after = {i.id: i for i in driver.changed_since(before)}
+        assert after[amphora_id].state is AmphoraState.DELETED
+        assert unmanaged.id not in after, "servers the driver did not build are left out"
+    finally:
+        admin.compute.delete_server(unmanaged.id, ignore_missing=True)
 
 
 def test_resume_of_an_active_server_is_refused(driver: NovaDriver, cleanup: list[str]) -> None:

@@ -12,16 +12,18 @@ import copy
 import functools
 import itertools
 from collections.abc import Callable, Coroutine, Mapping
+from datetime import datetime
 from typing import Any
 
 import pytest
-from amphora_drivers import AmphoraComputeError, Reason
+from amphora_drivers import AmphoraComputeError, AmphoraInstance, AmphoraState, Reason
 from amphora_drivers.noop import NoopDriver
 from amphora_operator.backends import BackendPool
 from amphora_operator.config import BreakerConfig, OperatorConfig, ProfileConfig, ReconcileConfig
 from amphora_operator.kube import SecretNotFound
 from amphora_operator.metrics import Metrics
 from amphora_operator.model import FINALIZER
+from amphora_operator.poller import CHANGES_OVERLAP
 from amphora_operator.runtime import Runtime
 from amphora_operator.workqueue import WorkQueue
 
@@ -195,8 +197,10 @@ async def test_instant_build_costs_two_status_writes_and_no_event() -> None:
     assert condition(ready, "Reconciling")["status"] == "False"
     assert condition(ready, "Stalled")["status"] == "False"
     assert gateway.finalizer_patches == [] and gateway.events == []
-    # Look up by owner (adoption), build (idempotent on owner), look at the new instance.
-    assert [c.method for c in driver.calls] == ["find", "find", "create", "find"]
+    # Look up by owner (adoption) once, build without a second owner lookup, look at the
+    # new instance (the noop driver's builds can be ACTIVE at once).
+    assert [c.method for c in driver.calls] == ["find", "create", "find"]
+    assert [bool(c.arguments.get("owner")) for c in driver.calls] == [True, True, False]
 
 
 @run_async
@@ -384,7 +388,82 @@ async def test_poller_asks_only_about_moving_amphorae() -> None:
     assert asked == [slow_id], asked
 
 
-# -- the work queue ----------------------------------------------------------------------------
+class ChangesNoop(NoopDriver):
+    """The noop driver with a changes feed like Nova's ``changes-since``: each answer holds the
+    instances whose state differs from the previous answer (finished deletions as DELETED),
+    and, like a VM, a build is never looked at again at once."""
+
+    instant_builds = False
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.answered: dict[str, AmphoraInstance] = {}
+        self.asked: list[datetime] = []
+
+    def changed_since(self, since: datetime) -> list[AmphoraInstance]:
+        self._enter("changed_since")
+        self.asked.append(since)
+        now = {i.id: i for i in self.find()}
+        gone = [
+            i.model_copy(update={"state": AmphoraState.DELETED, "addresses": ()})
+            for amphora_id, i in self.answered.items()
+            if amphora_id not in now and i.state is not AmphoraState.DELETED
+        ]
+        news = [i for i in now.values() if self.answered.get(i.id) != i] + gone
+        self.answered.update((i.id, i) for i in news)
+        return news
+
+
+def with_changes_feed(runtime: Runtime) -> ChangesNoop:
+    backend = runtime.backends.get("noop", NS)
+    driver = ChangesNoop(record_calls=True)
+    backend.driver = driver
+    backend.fresh_for = 60.0  # what a round saw stays usable however slow this machine is
+    return driver
+
+
+@run_async
+async def test_a_changes_feed_costs_one_call_per_round_and_no_reads_after_a_wake() -> None:
+    runtime, gateway, _ = make_runtime(resync_interval=3600, poll_interval=0.1)
+    driver = with_changes_feed(runtime)
+    for i in range(3):
+        tags = [f"noop:build-seconds={0.3 + 0.2 * i}"]
+        runtime.observe("ADDED", gateway.create(f"vm{i}", {**SPEC, "tags": tags}))
+    await settle(runtime, lambda: all("Ready" in phases(gateway, f"vm{i}") for i in range(3)))
+    for i in range(3):  # built, then never looked at again at once: Building, then Ready
+        assert phases(gateway, f"vm{i}") == ["Pending", "Building", "Ready"]
+    methods = [c.method for c in driver.calls]
+    by_id = [c for c in driver.calls if c.method == "find" and c.arguments.get("amphora_id")]
+    assert by_id == [], "the wakes read what the round saw; nothing asked by id"
+    assert methods.count("create") == 3
+    owner_lookups = [c for c in driver.calls if c.method == "find" and c.arguments.get("owner")]
+    assert len(owner_lookups) == 3, "one owner lookup per build"
+    assert methods.count("changed_since") >= 2
+
+
+@run_async
+async def test_a_changes_feed_wakes_only_what_changed_and_asks_from_before_each_look() -> None:
+    runtime, gateway, _ = make_runtime(resync_interval=3600)
+    driver = with_changes_feed(runtime)
+    for name in ("quick", "slow"):
+        seconds = 0.2 if name == "quick" else 30
+        tags = [f"noop:build-seconds={seconds}"]
+        runtime.observe("ADDED", gateway.create(name, {**SPEC, "tags": tags}))
+        await runtime.reconcile(f"uid-{name}")
+        runtime.queue.forget(f"uid-{name}")
+    observed = min(i.observed_at for i in runtime.interests.values() if i.observed_at)
+    await runtime.poller.round(full=False)  # first sight of both builds: both woken
+    assert driver.asked == [observed - CHANGES_OVERLAP], "from before the first look"
+    assert len(runtime.queue) == 2
+    for _ in range(2):
+        uid = await runtime.queue.get()
+        await runtime.reconcile(uid)
+        runtime.queue.done(uid)
+    await asyncio.sleep(0.3)  # quick is ACTIVE now, slow still builds
+    await runtime.poller.round(full=False)
+    assert await asyncio.wait_for(runtime.queue.get(), 1) == "uid-quick"
+    assert len(runtime.queue) == 0, "slow did not change: not woken"
+    assert driver.asked[-1] > observed - CHANGES_OVERLAP, "no further back than needed"
 
 
 @run_async

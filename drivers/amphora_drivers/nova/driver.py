@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, ClassVar, Protocol, TypeVar
 
 import openstack.connection
@@ -720,6 +721,24 @@ class NovaDriver(AmphoraComputeDriver):
             i
             for i in found
             if (name is None or i.name == name) and (owner is None or i.owner == owner)
+        ]
+
+    def changed_since(self, since: datetime) -> list[AmphoraInstance]:
+        """One listing of the servers Nova changed since ``since`` (``changes-since``, which
+        includes deleted servers). Not filtered by our tag: Nova drops a server's tags when it
+        is deleted, and a tag filter would hide exactly the deletions a poller waits for."""
+        stamp = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        try:
+            servers = list(self._compute.servers(details=True, changes_since=stamp))
+            deleted = [s.id for s in servers if str(s.status).upper() == "DELETED"]
+            for amphora_left in [i for i in deleted if i in self._leaving]:
+                self._groups_left(amphora_left)
+        except API_ERRORS as e:
+            raise api_error(e, "list changed servers") from e
+        return [
+            self._instance(s)
+            for s in servers
+            if self.managed_tag in (s.tags or ()) or s.id in deleted
         ]
 
     def _server_or_none(self, amphora_id: str) -> list[Any]:

@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import pytest
@@ -181,6 +182,32 @@ class DriverConformance:
         driver.delete(amphora_id)  # already gone: no error
         with pytest.raises(InstanceNotFoundError):
             driver.resume(amphora_id)
+
+    def test_changes_since_report_builds_and_deletions(
+        self, conformance_target: ConformanceTarget
+    ) -> None:
+        """Drivers that answer changed_since() (else None: pollers ask by id) report a new
+        instance, and its deletion as DELETED or by no longer listing it once gone."""
+        driver = conformance_target.driver
+        before = datetime.now(UTC) - timedelta(seconds=5)
+        name, owner = _fresh()
+        amphora_id = driver.build(name=name, owner=owner, **conformance_target.build_kwargs)
+        try:
+            changed = driver.changed_since(before)
+            if changed is None:
+                assert type(driver).changed_since is AmphoraComputeDriver.changed_since
+                return
+            assert amphora_id in {i.id for i in changed}
+        finally:
+            driver.delete(amphora_id)
+        wait_for(
+            lambda: driver.find(amphora_id=amphora_id),
+            lambda found: not found,
+            timeout=conformance_target.timeout,
+            interval=conformance_target.poll_interval,
+        )
+        after = {i.id: i for i in driver.changed_since(before) or ()}
+        assert amphora_id not in after or after[amphora_id].state is AmphoraState.DELETED
 
     def test_unknown_instance_is_not_found(self, conformance_target: ConformanceTarget) -> None:
         driver = conformance_target.driver
