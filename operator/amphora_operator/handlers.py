@@ -138,7 +138,9 @@ def make_registry(options: RunOptions) -> kopf.OperatorRegistry:
         settings.watching.client_timeout = 330
         settings.watching.reconnect_backoff = 1.0
         settings.networking.request_timeout = 30
-        settings.batching.batch_window = 0.0  # the runtime coalesces; no per-event wait
+        # kopf keeps one task per object while its events flow; after a burst of N creates
+        # those would hold memory for 5 s each (its default). The runtime's queue coalesces.
+        settings.queueing.idle_timeout = 0.5
         settings.posting.level = logging.WARNING
         settings.persistence.diffbase_storage = NoDiffBase()
         if options.namespaces_exact:

@@ -11,6 +11,7 @@ import asyncio
 import copy
 import functools
 import itertools
+import json
 from collections.abc import Callable, Coroutine, Mapping
 from datetime import datetime
 from typing import Any
@@ -244,6 +245,24 @@ async def test_the_cache_keeps_no_managed_fields_or_annotations() -> None:
     body = runtime.store.get("uid-a")
     assert body is not None
     assert "managedFields" not in body["metadata"] and "annotations" not in body["metadata"]
+
+
+@run_async
+async def test_cached_amphorae_share_their_field_names_and_condition_words() -> None:
+    """Each watch event is decoded into fresh strings; the cache keeps one copy of each."""
+    runtime, gateway, _ = make_runtime()
+    for name in ("a", "b"):
+        runtime.observe("ADDED", gateway.create(name, SPEC))
+        await runtime.reconcile(f"uid-{name}")
+        runtime.observe("MODIFIED", json.loads(json.dumps(gateway.objects[name])))
+    a, b = (runtime.store.get(f"uid-{n}") for n in ("a", "b"))
+    assert a is not None and b is not None
+    ready_a, ready_b = (condition(x["status"], "Ready") for x in (a, b))
+    assert ready_a["reason"] is ready_b["reason"]
+    key_a = next(k for k in ready_a if k == "lastTransitionTime")
+    key_b = next(k for k in ready_b if k == "lastTransitionTime")
+    assert key_a is key_b
+    assert a["spec"]["flavor"] is b["spec"]["flavor"]
 
 
 # -- failures: kstatus, bounded retries and writes -------------------------------------------
