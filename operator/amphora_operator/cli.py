@@ -112,7 +112,10 @@ def _run(args: argparse.Namespace) -> int:
         log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.PLAIN,
     )
     logging.getLogger("amphora_operator").setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    logging.getLogger("kopf.objects").addFilter(_drop_tracking_successes)
+    objects = logging.getLogger("kopf.objects")
+    objects.addFilter(_drop_tracking_successes)
+    if not args.verbose:  # its INFO lines are handler successes: not even built (CPU per event)
+        objects.setLevel(logging.WARNING)
     _never_log_bodies()
     options = RunOptions(
         config=config,
