@@ -231,10 +231,12 @@ class AmphoraComputeDriver(abc.ABC):
         """
 
     def changed_since(self, since: datetime) -> list[AmphoraInstance] | None:
-        """Instances that changed at or after ``since`` (UTC), deleted ones included as
+        """Instances whose state changed at or after ``since`` (UTC), deleted ones included as
         DELETED; None when the backend cannot tell (the default), and callers then look up by
         id or list everything instead. A poller asks this of backends that can answer it in
         one cheap call (Nova's ``changes-since``); callers allow for clock skew themselves.
+        Creation alone need not count (Nova compares ``updated_at``, unset until the first
+        change), so an instance absent from the answer is unchanged, not necessarily absent.
         """
         return None
 

@@ -670,17 +670,24 @@ class NovaDriver(AmphoraComputeDriver):
                     self._delete_group(group.id)
 
     def _groups_left(self, amphora_id: str) -> None:
-        """The server is gone (seen by id, or missing from a full listing, which is how the
-        operator's poller confirms deletions): delete each of its scoped groups it was the
-        last member of."""
+        """The server is gone (seen by id, missing from a full listing, or listed DELETED by
+        changes-since, which is how the operator's poller confirms deletions): delete each of
+        its scoped groups it was the last member of. A group that still lists the server
+        (Nova drops members a moment after it reports the server DELETED) is kept for a later
+        look, so that no group is forgotten."""
         with self._groups_lock:
+            waiting = []
             for group_id in self._leaving.pop(amphora_id, ()):
                 try:
                     group = self._compute.get_server_group(group_id)
                 except openstack.exceptions.NotFoundException:
                     continue
-                if not group.member_ids:
+                if amphora_id in (group.member_ids or ()):
+                    waiting.append(group_id)
+                elif not group.member_ids:
                     self._delete_group(group_id)
+            if waiting:
+                self._leaving[amphora_id] = waiting
 
     def _delete_group(self, group_id: str) -> None:
         self._compute.delete_server_group(group_id, ignore_missing=True)
@@ -726,7 +733,9 @@ class NovaDriver(AmphoraComputeDriver):
     def changed_since(self, since: datetime) -> list[AmphoraInstance]:
         """One listing of the servers Nova changed since ``since`` (``changes-since``, which
         includes deleted servers). Not filtered by our tag: Nova drops a server's tags when it
-        is deleted, and a tag filter would hide exactly the deletions a poller waits for."""
+        is deleted, and a tag filter would hide exactly the deletions a poller waits for.
+        Nova compares ``updated_at``: a server it deletes locally (its compute service deemed
+        down) is not reported, which a caller's lookups by id and full listings cover."""
         stamp = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         try:
             servers = list(self._compute.servers(details=True, changes_since=stamp))

@@ -186,13 +186,15 @@ class DriverConformance:
     def test_changes_since_report_builds_and_deletions(
         self, conformance_target: ConformanceTarget
     ) -> None:
-        """Drivers that answer changed_since() (else None: pollers ask by id) report a new
-        instance, and its deletion as DELETED or by no longer listing it once gone."""
+        """Drivers that answer changed_since() (else None: pollers ask by id) report an instance
+        once it has changed (here: became ACTIVE), and its deletion as DELETED or by no longer
+        listing it once gone."""
         driver = conformance_target.driver
         before = datetime.now(UTC) - timedelta(seconds=5)
         name, owner = _fresh()
         amphora_id = driver.build(name=name, owner=owner, **conformance_target.build_kwargs)
         try:
+            self._wait_state(conformance_target, amphora_id, AmphoraState.ACTIVE)
             changed = driver.changed_since(before)
             if changed is None:
                 assert type(driver).changed_since is AmphoraComputeDriver.changed_since
