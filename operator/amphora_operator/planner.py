@@ -294,12 +294,18 @@ def plan(
         return _finish(out, spec, generation, stamp, stall_after)
 
     if current.state in (AmphoraState.ACTIVE, AmphoraState.SUSPENDED):
-        s.retries, s.next_retry_time, s.fault, s.failure_reason = 0, None, None, None
-        if managed and s.spec_hash != wanted_hash:
-            current = (
-                _plan_replacement(s, observation, wanted_hash, now, retry_base, retry_max, out)
-                or current
+        replacing = managed and s.spec_hash != wanted_hash
+        if not replacing or s.replacement is None:
+            # The retry fields belong to a failing replacement while one is under way: reset
+            # every pass, its backoff would start again each time and it would never be rebuilt.
+            s.retries, s.next_retry_time, s.fault, s.failure_reason = 0, None, None, None
+        if replacing:
+            swapped = _plan_replacement(
+                s, observation, wanted_hash, now, retry_base, retry_max, out
             )
+            if swapped is not None:
+                s.retries, s.next_retry_time, s.fault, s.failure_reason = 0, None, None, None
+            current = swapped or current
         elif managed and s.replacement is not None:
             _drop_replacement(s, observation, out)
         s.addresses = list(current.addresses)
@@ -379,6 +385,7 @@ def _plan_replacement(
             _retire(s, rep.compute_id, out)
         rep = None
     if rep is None:
+        s.next_retry_time = None  # a new spec: a failed replacement's backoff no longer applies
         revision = max(s.revision, s.replacement.revision if s.replacement else 0) + 1
         s.replacement = Replacement(revision=revision, spec_hash=wanted_hash, reason="SpecChanged")
         out.actions.append(Build(revision, replacement=True))

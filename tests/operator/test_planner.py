@@ -16,6 +16,7 @@ from amphora_operator.planner import (
     Resume,
     Suspend,
     owner_key,
+    parse_time,
     plan,
     plan_deletion,
     spec_hash,
@@ -155,6 +156,48 @@ def test_spec_change_builds_a_replacement_first_then_retires_the_old() -> None:
     assert swapped.status.compute_id == "b" and swapped.status.revision == 1
     assert swapped.status.retired == ["a"] and swapped.status.replacement is None
     assert swapped.status.phase is Phase.READY
+
+
+def test_a_failed_replacement_is_rebuilt_after_its_backoff_while_the_current_one_serves() -> None:
+    """Found by the Nova chaos soak: the current instance's health reset the retry time every
+    pass, so a replacement in ERROR waited for ever (a status write each pass, no rebuild)."""
+    new = spec(image="img-2", suspended=True)
+    status = AmphoraStatus(
+        compute_id="a",
+        spec_hash=spec_hash(spec()),
+        replacement=Replacement(revision=1, spec_hash=spec_hash(new), reason="SpecChanged",
+                                compute_id="b"),
+    )  # fmt: skip
+    failing = Observation(
+        current=instance("a", AmphoraState.SUSPENDED),
+        replacement=instance("b", AmphoraState.ERROR, fault="Quota exceeded for instances"),
+    )
+    first = run(new, status, failing)
+    assert first.actions == [] and first.status.next_retry_time is not None
+    assert first.status.fault == "replacement failed: Quota exceeded for instances"
+    again = run(new, first.status, failing, now=NOW + timedelta(milliseconds=300))
+    assert again.actions == [], "still within the backoff"
+    assert again.status.next_retry_time == first.status.next_retry_time, "not pushed back"
+    due = parse_time(first.status.next_retry_time) + timedelta(seconds=1)
+    rebuilt = run(new, again.status, failing, now=due)
+    assert rebuilt.actions == [Delete("b"), Build(2, replacement=True)]
+    assert rebuilt.status.retries == 1 and rebuilt.status.compute_id == "a"
+    swapped = run(
+        new,
+        rebuilt.status.model_copy(
+            update={
+                "replacement": rebuilt.status.replacement.model_copy(update={"compute_id": "c"})
+            }
+        ),
+        Observation(
+            current=instance("a", AmphoraState.SUSPENDED),
+            replacement=instance("c", AmphoraState.ACTIVE),
+        ),
+        now=due,
+    )
+    assert swapped.actions == [Delete("a"), Suspend("c")], "swapped in, then suspended"
+    assert swapped.status.compute_id == "c" and swapped.status.fault is None
+    assert swapped.status.retries == 0 and swapped.status.next_retry_time is None
 
 
 def test_a_replacement_found_by_owner_already_active_is_swapped_in_the_same_pass() -> None:
