@@ -100,6 +100,14 @@ class DriverConformance:
             interval=target.poll_interval,
         )
 
+    def _wait_gone(self, target: ConformanceTarget, amphora_id: str) -> None:
+        wait_for(
+            lambda: target.driver.find(amphora_id=amphora_id),
+            lambda found: not found,
+            timeout=target.timeout,
+            interval=target.poll_interval,
+        )
+
     def test_build_reaches_active_and_is_found_by_id_name_and_owner(
         self, conformance_target: ConformanceTarget, built: tuple[str, str, str]
     ) -> None:
@@ -169,12 +177,7 @@ class DriverConformance:
         name, owner = _fresh()
         amphora_id = driver.build(name=name, owner=owner, **conformance_target.build_kwargs)
         driver.delete(amphora_id)
-        wait_for(
-            lambda: driver.find(amphora_id=amphora_id),
-            lambda found: not found,
-            timeout=conformance_target.timeout,
-            interval=conformance_target.poll_interval,
-        )
+        self._wait_gone(conformance_target, amphora_id)
         with pytest.raises(InstanceNotFoundError):
             driver.get_amphora(amphora_id=amphora_id)
         with pytest.raises(InstanceNotFoundError):
@@ -202,12 +205,7 @@ class DriverConformance:
             assert amphora_id in {i.id for i in changed}
         finally:
             driver.delete(amphora_id)
-        wait_for(
-            lambda: driver.find(amphora_id=amphora_id),
-            lambda found: not found,
-            timeout=conformance_target.timeout,
-            interval=conformance_target.poll_interval,
-        )
+        self._wait_gone(conformance_target, amphora_id)
         after = {i.id: i for i in driver.changed_since(before) or ()}
         assert amphora_id not in after or after[amphora_id].state is AmphoraState.DELETED
 
