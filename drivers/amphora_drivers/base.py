@@ -230,6 +230,15 @@ class AmphoraComputeDriver(abc.ABC):
         orphans.
         """
 
+    def find_owners(self, owners: Sequence[str]) -> list[AmphoraInstance]:
+        """The instances carrying any of ``owners``, as :meth:`find` reports them by owner.
+
+        For callers with many owner lookups at once (a burst of new Amphorae): a backend that
+        can match several owners in one call (Nova's ``tags-any``) SHOULD override this; the
+        default asks :meth:`find` once per owner.
+        """
+        return [i for owner in dict.fromkeys(owners) for i in self.find(owner=owner)]
+
     def changed_since(self, since: datetime) -> list[AmphoraInstance] | None:
         """Instances whose state changed at or after ``since`` (UTC), deleted ones included as
         DELETED; None when the backend cannot tell (the default), and callers then look up by

@@ -25,7 +25,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -284,6 +284,16 @@ class NoopDriver(AmphoraComputeDriver):
             and (owner is None or r.owner == owner)
             and (amphora_id is not None or name is not None or r.owner is not None or r.released)
         ]
+
+    def find_owners(self, owners: Sequence[str]) -> list[AmphoraInstance]:
+        """One look at the owner index for all of ``owners`` (one recorded call)."""
+        self._enter("find_owners", owners=tuple(owners))
+        wanted = set(owners)
+        now = self.clock()
+        with self._store.transaction() as table:
+            table.forget_deleted(now)
+            records = [table.records[i] for owner in wanted for i in table.owners.get(owner, ())]
+        return [self._instance(r, now) for r in records if r.owner in wanted]
 
     def delete(self, amphora_id: str) -> None:
         self._enter("delete", amphora_id=amphora_id)

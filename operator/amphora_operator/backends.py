@@ -10,7 +10,9 @@ that lost its lease stops acting before another may start.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
+import itertools
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +43,8 @@ _GONE = (AmphoraState.DELETED, AmphoraState.DELETING)
 #: How long (seconds) an owner lookup that found nothing spares the build its own lookup.
 _OWNER_CHECK_VALID = 5.0
 _ABSENT_PRUNE_AT = 256
+#: Owner lookups asked in one driver call at most.
+_OWNERS_PER_LOOKUP = 50
 
 
 class UnknownProfileError(LookupError):
@@ -82,6 +86,10 @@ class Backend:
         self._fresh: dict[str, tuple[float, AmphoraInstance | None]] = {}
         #: Owners a lookup just found without a live instance, with when (see build()).
         self._absent: dict[str, float] = {}
+        self._batches_owners = type(driver).find_owners is not AmphoraComputeDriver.find_owners
+        #: Owner lookups waiting for the next driver call, and the task making those calls.
+        self._owner_waiters: dict[str, list[asyncio.Future[list[AmphoraInstance]]]] = {}
+        self._owner_lookups: asyncio.Task[None] | None = None
 
     # -- reads --------------------------------------------------------------------------
 
@@ -95,8 +103,20 @@ class Backend:
         return found[0] if found else None
 
     async def by_owner(self, owner: str) -> AmphoraInstance | None:
-        """The live instance carrying ``owner`` (else a dying one, else None)."""
-        found = await self._call("find", lambda: self.driver.find(owner=owner))
+        """The live instance carrying ``owner`` (else a dying one, else None). Where the driver
+        answers many owners in one call (it overrides ``find_owners``), lookups that arrive
+        while one is under way are asked together next: one call for a burst of new Amphorae,
+        not one each; a lone lookup waits for nothing. Other drivers are asked one by one, in
+        parallel threads, as before."""
+        if not self._batches_owners:
+            found = await self._call("find", lambda: self.driver.find(owner=owner))
+        else:
+            future: asyncio.Future[list[AmphoraInstance]]
+            future = asyncio.get_running_loop().create_future()
+            self._owner_waiters.setdefault(owner, []).append(future)
+            if self._owner_lookups is None or self._owner_lookups.done():
+                self._owner_lookups = asyncio.create_task(self._look_up_owners())
+            found = await future
         live = [i for i in found if i.state not in _GONE]
         if not live:
             now = time.monotonic()
@@ -107,6 +127,39 @@ class Backend:
             self._absent[owner] = now
         candidates = live or found
         return candidates[0] if candidates else None
+
+    async def _look_up_owners(self) -> None:
+        """Answer the waiting owner lookups, up to ``_OWNERS_PER_LOOKUP`` per driver call,
+        until none is left. A failure reaches exactly the lookups of that call; a cancel
+        (shutdown) reaches every waiting one."""
+        while self._owner_waiters:
+            batch = dict(itertools.islice(self._owner_waiters.items(), _OWNERS_PER_LOOKUP))
+            for owner in batch:
+                del self._owner_waiters[owner]
+            owners = list(batch)
+            lookup: Callable[[], list[AmphoraInstance]] = (
+                functools.partial(self.driver.find, owner=owners[0])  # the plain lookup
+                if len(owners) == 1
+                else functools.partial(self.driver.find_owners, owners)
+            )
+            try:
+                found = await self._call("find", lookup)
+            except asyncio.CancelledError:
+                for futures in [*batch.values(), *self._owner_waiters.values()]:
+                    for future in futures:
+                        future.cancel()
+                self._owner_waiters.clear()
+                raise
+            except Exception as e:
+                for future in (f for fs in batch.values() for f in fs if not f.done()):
+                    future.set_exception(e)
+                continue
+            by_owner: dict[str, list[AmphoraInstance]] = {}
+            for instance in found:
+                by_owner.setdefault(instance.owner or "", []).append(instance)
+            for owner, futures in batch.items():
+                for future in (f for f in futures if not f.done()):
+                    future.set_result(by_owner.get(owner, []))
 
     async def listing(self) -> list[AmphoraInstance]:
         """Every instance this backend manages (one call; for poll rounds and resyncs)."""

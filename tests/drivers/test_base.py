@@ -189,6 +189,12 @@ class TestIdempotentBuild:
         assert driver.build_from(request) == "new"
         assert driver.finds == [{"amphora_id": None, "name": None, "owner": "o-1"}]
 
+    def test_find_owners_asks_find_once_per_distinct_owner_by_default(self) -> None:
+        driver = ScriptedDriver(instance("a", owner="o-1"), instance("b", owner="o-2"))
+        found = driver.find_owners(["o-2", "o-3", "o-2"])
+        assert [i.id for i in found] == ["b"]
+        assert [f["owner"] for f in driver.finds] == ["o-2", "o-3"]
+
     def test_other_owners_are_not_adopted(self) -> None:
         driver = ScriptedDriver(instance("a", owner="o-2"))
         assert driver.build(name="amp", owner="o-1") == "new"

@@ -59,6 +59,8 @@ NOT_ALLOWED = "NotAllowed"
 OWNER_TAG_PREFIX = "amphora-owner:"
 TYPE_TAG_PREFIX = "amphora-type:"
 RESERVED_TAG_PREFIXES = (OWNER_TAG_PREFIX, TYPE_TAG_PREFIX)
+#: Owners per ``tags-any`` listing: 50 owner tags keep the query string under 3 KB.
+OWNERS_PER_LISTING = 50
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$")
 _STANDARD_RESOURCE_CLASSES = ("VCPU", "MEMORY_MB", "DISK_GB")
 _STATUS_STATES = {
@@ -729,6 +731,21 @@ class NovaDriver(AmphoraComputeDriver):
             for i in found
             if (name is None or i.name == name) and (owner is None or i.owner == owner)
         ]
+
+    def find_owners(self, owners: Sequence[str]) -> list[AmphoraInstance]:
+        """One listing for many owners: our managed tag and any of their owner tags
+        (``tags-any``), in slices that keep the query string short."""
+        wanted = list(dict.fromkeys(owners))
+        found: list[AmphoraInstance] = []
+        for start in range(0, len(wanted), OWNERS_PER_LISTING):
+            chunk = set(wanted[start : start + OWNERS_PER_LISTING])
+            any_tags = ",".join(sorted(f"{OWNER_TAG_PREFIX}{o}" for o in chunk))
+            try:
+                servers = list(self._compute.servers(tags=self.managed_tag, any_tags=any_tags))
+            except API_ERRORS as e:
+                raise api_error(e, "list servers") from e
+            found += [i for i in map(self._instance, servers) if i.owner in chunk]
+        return found
 
     def changed_since(self, since: datetime) -> list[AmphoraInstance]:
         """One listing of the servers Nova changed since ``since`` (``changes-since``, which

@@ -137,6 +137,25 @@ class DriverConformance:
         assert again == amphora_id
         assert [i.id for i in conformance_target.driver.find(owner=owner)] == [amphora_id]
 
+    def test_find_owners_reports_the_instances_of_each_owner_asked(
+        self, conformance_target: ConformanceTarget, built: tuple[str, str, str]
+    ) -> None:
+        """find_owners() answers many owner lookups at once, exactly as find(owner=) would."""
+        amphora_id, _, owner = built
+        driver = conformance_target.driver
+        name, other = _fresh()
+        other_id = driver.build(name=name, owner=other, **conformance_target.build_kwargs)
+        try:
+            nobody = _fresh()[1]
+            found = driver.find_owners([owner, nobody, other])
+            assert sorted((i.id, i.owner) for i in found) == sorted(
+                [(amphora_id, owner), (other_id, other)]
+            )
+            assert [(i.id, i.owner) for i in driver.find_owners([other])] == [(other_id, other)]
+            assert driver.find_owners([nobody]) == []
+        finally:
+            driver.delete(other_id)
+
     def test_suspend_and_resume(
         self, conformance_target: ConformanceTarget, built: tuple[str, str, str]
     ) -> None:
