@@ -11,6 +11,8 @@ Contract for every driver (proven by :mod:`amphora_drivers.testing.conformance`)
 - :meth:`build` MUST be idempotent on ``owner``: when a live (not DELETING/DELETED) instance with
   that owner exists, its id is returned and nothing new is built. A crash between "create" and
   "record the id" therefore never yields two instances.
+- :meth:`find_owners` MUST report, for every owner asked, what :meth:`find` reports for that
+  owner (an override exists to answer many owners in one backend call).
 - :meth:`delete` MUST NOT fail when the instance is already gone, and MUST raise
   :class:`DeleteFailed` when the backend refuses. It returns once deletion is accepted; the
   instance may be visible as DELETING until :meth:`get_amphora` raises InstanceNotFoundError.

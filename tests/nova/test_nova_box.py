@@ -383,6 +383,35 @@ def test_changed_since_reports_builds_and_deletions_only_after_the_time_asked(
         admin.compute.delete_server(unmanaged.id, ignore_missing=True)
 
 
+def test_find_owners_is_one_listing_that_nova_filters_by_owner_tags(
+    driver: NovaDriver, cleanup: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst of owner lookups costs Nova one call: tags-any filters on Nova's side, so a
+    managed server of an owner not asked is not even returned."""
+    built: dict[str, str] = {}
+    for _ in range(3):
+        name, owner = fresh()
+        built[owner] = driver.build(name=name, owner=owner)
+        cleanup.append(built[owner])
+    asked, other = list(built)[:2], list(built)[2]
+    listings: list[tuple[dict[str, Any], list[str]]] = []
+    real = driver._compute.servers
+
+    def servers(**query: Any) -> list[Any]:
+        answer = list(real(**query))
+        listings.append((query, [s.id for s in answer]))
+        return answer
+
+    monkeypatch.setattr(driver._compute, "servers", servers)
+    nobody = fresh()[1]
+    found = driver.find_owners([*asked, nobody])
+    assert sorted((i.owner, i.id) for i in found) == sorted((o, built[o]) for o in asked)
+    assert len(listings) == 1, "one call for all the owners"
+    query, returned = listings[0]
+    assert set(query["any_tags"].split(",")) == {f"amphora-owner:{o}" for o in (*asked, nobody)}
+    assert built[other] not in returned, "Nova filtered by the owner tags, not the driver"
+
+
 def test_resume_of_an_active_server_is_refused(driver: NovaDriver, cleanup: list[str]) -> None:
     name, owner = fresh()
     amphora_id = driver.build(name=name, owner=owner)
