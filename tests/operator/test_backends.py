@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -33,42 +34,64 @@ def backend_for(driver: NoopDriver, executor: ThreadPoolExecutor) -> Backend:
     )
 
 
-def held_first_find(gate: threading.Event, entered: threading.Event) -> Callable[..., None]:
-    """An on_call hook that holds the first owner lookup until ``gate`` opens."""
-    held = {"done": False}
+class HeldLookup:
+    """A Backend over ``driver`` whose first owner lookup ("o-1") stays in the driver until
+    :meth:`release`: lookups started meanwhile find one already under way. ``also`` runs on
+    every driver call after the hold (to fail some)."""
 
-    def hook(method: str, arguments: Mapping[str, Any]) -> None:
-        if method == "find" and arguments.get("owner") and not held["done"]:
-            held["done"] = True
-            entered.set()
-            assert gate.wait(10), "the test never opened the gate"
+    def __init__(
+        self, driver: NoopDriver, also: Callable[[str, Mapping[str, Any]], None] | None = None
+    ) -> None:
+        self.driver = driver
+        self._gate, self._entered = threading.Event(), threading.Event()
+        self._also = also
+        driver.on_call = self._hook
 
-    return hook
+    def _hook(self, method: str, arguments: Mapping[str, Any]) -> None:
+        if method == "find" and arguments.get("owner") and not self._entered.is_set():
+            self._entered.set()
+            assert self._gate.wait(10), "the test never released the held lookup"
+        if self._also is not None:
+            self._also(method, arguments)
 
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[tuple[Backend, asyncio.Task[Any]]]:
+        """(the backend, the held first lookup's task) once that lookup is in the driver."""
+        with ThreadPoolExecutor(4) as executor:
+            backend = Backend(
+                profile="noop",
+                driver=self.driver,
+                breaker=CircuitBreaker(BreakerSettings(), name="noop"),
+                executor=executor,
+                timeout=10,
+                metrics=Metrics(),
+            )
+            first = asyncio.create_task(backend.by_owner("o-1"))
+            for _ in range(500):
+                if self._entered.is_set():
+                    break
+                await asyncio.sleep(0.01)
+            assert self._entered.is_set(), "the first lookup never reached the driver"
+            try:
+                yield backend, first
+            finally:
+                self._gate.set()
 
-async def until(event: threading.Event) -> None:
-    for _ in range(500):
-        if event.is_set():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the first lookup never reached the driver")
+    async def release(self) -> None:
+        """Let the held lookup finish, once the lookups started meanwhile are waiting."""
+        await asyncio.sleep(0.05)  # started tasks run first: they are ready, this is a timer
+        self._gate.set()
 
 
 def test_lookups_that_arrive_during_one_are_asked_together_in_one_call() -> None:
-    gate, entered = threading.Event(), threading.Event()
     driver = NoopDriver(record_calls=True)
-    owners = ["o-1", "o-2", "o-3", "o-4"]
     built = {o: driver.build(AmphoraType.VM, "f", "i", name=o, owner=o) for o in ("o-2", "o-4")}
-    driver.on_call = held_first_find(gate, entered)
+    held = HeldLookup(driver)
 
     async def scenario() -> list[Any]:
-        with ThreadPoolExecutor(4) as executor:
-            backend = backend_for(driver, executor)
-            first = asyncio.create_task(backend.by_owner(owners[0]))
-            await until(entered)  # the first lookup is in the driver: the rest must queue
-            rest = [asyncio.create_task(backend.by_owner(o)) for o in owners[1:]]
-            await asyncio.sleep(0.05)
-            gate.set()
+        async with held.running() as (backend, first):
+            rest = [asyncio.create_task(backend.by_owner(o)) for o in ("o-2", "o-3", "o-4")]
+            await held.release()
             return await asyncio.gather(first, *rest)
 
     before = len(driver.calls)
@@ -81,28 +104,21 @@ def test_lookups_that_arrive_during_one_are_asked_together_in_one_call() -> None
 
 
 def test_a_failed_batch_fails_its_own_lookups_and_the_next_one_asks_again() -> None:
-    gate, entered = threading.Event(), threading.Event()
     driver = NoopDriver(record_calls=True)
-    hold = held_first_find(gate, entered)
+    mine = driver.build(AmphoraType.VM, "f", "i", name="n", owner="o-3")
+    failed = threading.Event()
 
-    def hook(method: str, arguments: Mapping[str, Any]) -> None:
-        hold(method, arguments)
+    def fail_once(method: str, arguments: Mapping[str, Any]) -> None:
         if method == "find_owners" and not failed.is_set():
             failed.set()
             raise AmphoraComputeError("boom", reason=Reason.BACKEND_UNAVAILABLE, retryable=True)
 
-    failed = threading.Event()
-    mine = driver.build(AmphoraType.VM, "f", "i", name="n", owner="o-3")
-    driver.on_call = hook
+    held = HeldLookup(driver, also=fail_once)
 
     async def scenario() -> None:
-        with ThreadPoolExecutor(4) as executor:
-            backend = backend_for(driver, executor)
-            first = asyncio.create_task(backend.by_owner("o-1"))
-            await until(entered)
+        async with held.running() as (backend, first):
             batch = [asyncio.create_task(backend.by_owner(o)) for o in ("o-2", "o-3")]
-            await asyncio.sleep(0.05)
-            gate.set()
+            await held.release()
             assert await first is None
             for task in batch:
                 with pytest.raises(AmphoraComputeError, match="boom"):
@@ -115,21 +131,17 @@ def test_a_failed_batch_fails_its_own_lookups_and_the_next_one_asks_again() -> N
 
 
 def test_a_cancelled_lookup_leaves_the_others_of_its_call_answered() -> None:
-    gate, entered = threading.Event(), threading.Event()
     driver = NoopDriver(record_calls=True)
     mine = driver.build(AmphoraType.VM, "f", "i", name="n", owner="o-3")
-    driver.on_call = held_first_find(gate, entered)
+    held = HeldLookup(driver)
 
     async def scenario() -> None:
-        with ThreadPoolExecutor(4) as executor:
-            backend = backend_for(driver, executor)
-            first = asyncio.create_task(backend.by_owner("o-1"))
-            await until(entered)
+        async with held.running() as (backend, first):
             gone = asyncio.create_task(backend.by_owner("o-2"))
             kept = asyncio.create_task(backend.by_owner("o-3"))
             await asyncio.sleep(0.05)
             gone.cancel()
-            gate.set()
+            await held.release()
             assert await first is None
             found = await kept
             assert found is not None and found.id == mine
@@ -147,22 +159,16 @@ class OneOwnerAtATime(NoopDriver):
 
 def test_drivers_without_their_own_find_owners_are_asked_one_owner_each_in_parallel() -> None:
     """Batching them would serialise their lookups in one thread, slower than before."""
-    gate, entered = threading.Event(), threading.Event()
     driver = OneOwnerAtATime(record_calls=True)
-    driver.on_call = held_first_find(gate, entered)
+    held = HeldLookup(driver)
 
     async def scenario() -> None:
-        with ThreadPoolExecutor(4) as executor:
-            backend = backend_for(driver, executor)
-            first = asyncio.create_task(backend.by_owner("o-1"))
-            await until(entered)
+        async with held.running() as (backend, first):
             # Answered while the first lookup is still held in the driver.
-            assert await asyncio.gather(*(backend.by_owner(o) for o in ("o-2", "o-3"))) == [
-                None,
-                None,
-            ]
+            others = await asyncio.gather(*(backend.by_owner(o) for o in ("o-2", "o-3")))
+            assert others == [None, None]
             assert not first.done()
-            gate.set()
+            await held.release()
             assert await first is None
 
     asyncio.run(scenario())
