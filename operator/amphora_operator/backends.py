@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import itertools
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -43,8 +42,6 @@ _GONE = (AmphoraState.DELETED, AmphoraState.DELETING)
 #: How long (seconds) an owner lookup that found nothing spares the build its own lookup.
 _OWNER_CHECK_VALID = 5.0
 _ABSENT_PRUNE_AT = 256
-#: Owner lookups asked in one driver call at most.
-_OWNERS_PER_LOOKUP = 50
 
 
 class UnknownProfileError(LookupError):
@@ -129,13 +126,11 @@ class Backend:
         return candidates[0] if candidates else None
 
     async def _look_up_owners(self) -> None:
-        """Answer the waiting owner lookups, up to ``_OWNERS_PER_LOOKUP`` per driver call,
-        until none is left. A failure reaches exactly the lookups of that call; a cancel
-        (shutdown) reaches every waiting one."""
+        """Answer the waiting owner lookups, all waiting ones in each driver call (the driver
+        slices a long list itself: Nova's query-string limit), until none is left. A failure
+        reaches exactly the lookups of that call; a cancel (shutdown) reaches every waiting one."""
         while self._owner_waiters:
-            batch = dict(itertools.islice(self._owner_waiters.items(), _OWNERS_PER_LOOKUP))
-            for owner in batch:
-                del self._owner_waiters[owner]
+            batch, self._owner_waiters = self._owner_waiters, {}
             owners = list(batch)
             lookup: Callable[[], list[AmphoraInstance]] = (
                 functools.partial(self.driver.find, owner=owners[0])  # the plain lookup
